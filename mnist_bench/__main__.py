@@ -1,0 +1,168 @@
+"""``python -m mnist_bench``: train one model on MNIST and record the run in MLflow.
+
+Reads top to bottom: check the config, pick the device, load the data, build model and
+optimizer, then train inside an MLflow run that always ends with the right status.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import mlflow
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_bench import checkpoint, tracking
+from mnist_bench.config import config_problems, register_configs
+from mnist_bench.data import DataError, build_splits
+from mnist_bench.train import FitResult, evaluate, fit, resolve_device, seed_everything
+
+log = logging.getLogger("mnist_bench")
+register_configs()
+
+
+class UserError(RuntimeError):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def build(node: DictConfig) -> Any:
+    """Instantiate a ``_target_`` node, dropping the ``name`` key that only labels the option."""
+    kwargs = {k: v for k, v in node.items() if k != "name"}
+    return instantiate(OmegaConf.create(kwargs))
+
+
+def apply_device_settings(device_cfg: DictConfig) -> None:
+    if device_cfg.num_threads:
+        torch.set_num_threads(device_cfg.num_threads)
+    torch.backends.cudnn.benchmark = device_cfg.cudnn_benchmark
+
+
+def raise_keyboard_interrupt(signum: int, _frame: Any) -> None:
+    """SIGTERM is treated like Ctrl-C so that the MLflow run ends KILLED, not RUNNING."""
+    raise KeyboardInterrupt(f"received signal {signum}")
+
+
+def find_checkpoint(resume: str) -> Path:
+    """``resume`` is a checkpoint path or the id of an MLflow run that recorded one."""
+    if Path(resume).is_file():
+        return Path(resume)
+    try:
+        path = mlflow.get_run(resume).data.tags.get("checkpoint")
+    except mlflow.exceptions.MlflowException as err:
+        raise UserError(f"resume={resume!r}: not a checkpoint file nor a known MLflow run id "
+                        f"({err.message.splitlines()[0]})") from None
+    if not path or not Path(path).is_file():
+        raise UserError(f"resume={resume!r}: the run has no checkpoint on this machine ({path})")
+    return Path(path)
+
+
+def job_context() -> tuple[Path, Path, dict[str, str]]:
+    """Launch folder, this job's output folder, and the Hydra tags of the run."""
+    hc = HydraConfig.get()
+    overrides = [o for o in hc.overrides.task if not o.startswith(("resume=", "tracking.uri="))]
+    tags = {"hydra_overrides": " ".join(overrides) or "(defaults)",
+            "hydra_output_dir": hc.runtime.output_dir}
+    if hc.mode == RunMode.MULTIRUN:
+        sweep_dir = Path(hc.sweep.dir).resolve()
+        tags |= {"sweep_id": f"{sweep_dir.parent.name}/{sweep_dir.name}",
+                 "sweep_dir": str(sweep_dir)}
+    return Path(hc.runtime.cwd), Path(hc.runtime.output_dir), tags
+
+
+def train_and_track(cfg: DictConfig) -> float:
+    problems = config_problems(cfg)
+    if problems:
+        raise UserError("invalid configuration:\n  " + "\n  ".join(problems))
+    launch_dir, output_dir, tags = job_context()
+    try:
+        device = resolve_device(cfg.device.type)
+    except RuntimeError as err:
+        raise UserError(str(err)) from None
+    apply_device_settings(cfg.device)
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+
+    mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking.uri, launch_dir))
+    state = checkpoint.load_checkpoint(find_checkpoint(cfg.resume)) if cfg.resume else None
+
+    try:
+        splits = build_splits(cfg.data, cfg.trainer.batch_size, cfg.trainer.eval_batch_size,
+                              device, cfg.trainer.seed)
+    except DataError as err:
+        raise UserError(str(err)) from None
+    model = build(cfg.model).to(device)
+    if cfg.device.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build(cfg.optimizer)(model.parameters())
+    step_model = torch.compile(model, mode=cfg.device.compile_mode) if cfg.device.compile else model
+    result = FitResult()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.restore_rng_state(state["rng"], splits.generator)
+        result = FitResult(history=state["history"], train_time_s=state["train_time_s"])
+
+    model_name, opt_name = cfg.model.name, cfg.optimizer.name
+    run_name = cfg.tracking.run_name or HydraConfig.get().job.override_dirname or "defaults"
+    ckpt_path = output_dir / checkpoint.CHECKPOINT_NAME
+    tags |= {"model": model_name, "optimizer": opt_name, "device": str(device),
+             "git_commit": tracking.git_commit(launch_dir), "checkpoint": str(ckpt_path)}
+    if cfg.tracking.sweep_id:
+        tags["sweep_id"] = cfg.tracking.sweep_id
+    tracking.set_experiment(cfg.tracking.experiment)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("%s (%s parameters) on %s, %d training images", model_name, f"{n_params:,}",
+             device, splits.n_train)
+
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    with tracking.mlflow_run(state["mlflow_run_id"] if state else None, run_name, tags) as run_id:
+        if state is None:
+            tracking.log_config(cfg, output_dir / ".hydra")
+
+        def end_of_epoch(epoch: int, row: dict[str, float]) -> None:
+            tracking.log_epoch(epoch, row)
+            checkpoint.save_checkpoint(
+                ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                epoch=epoch, rng=checkpoint.rng_state(splits.generator), history=result.history,
+                train_time_s=result.train_time_s, best_val_acc=result.best_val_acc,
+                mlflow_run_id=run_id)
+
+        result = fit(model, optimizer, splits, cfg.trainer, cfg.device, device,
+                     step_model=step_model, result=result, on_epoch_end=end_of_epoch)
+        test = evaluate(step_model, splits.test, device, cfg.device)
+        final = {"test_acc": test.acc, "test_loss": test.loss, "best_val_acc": result.best_val_acc,
+                 "train_time_s": result.train_time_s, "n_params": n_params}
+        mlflow.log_metrics(final)
+        title = f"{model_name}, {opt_name} lr={cfg.optimizer.lr:g}"
+        tracking.log_evaluation(result.history, test.targets.numpy(), test.predictions.numpy(),
+                                title)
+        if cfg.tracking.log_model:
+            tracking.log_model(model, next(iter(splits.test))[0][:4])
+
+    last = result.history[-1]
+    print(f"{model_name} lr={cfg.optimizer.lr:g}: train_acc={last['train_acc']:.4f} "
+          f"val_acc={last['val_acc']:.4f} test_acc={test.acc:.4f} "
+          f"train_time_s={result.train_time_s:.1f} run_id={run_id}", flush=True)
+    return result.best_val_acc
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train_and_track(cfg)
+    except UserError as err:
+        log.error("%s", err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # let the other jobs run; the sweep still exits non-zero at the end
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""MNIST loading, checking, splitting and batching.
+
+Two batching paths share one split:
+
+* ``loader=tensor`` (default): each split is converted once to a float tensor on the training
+  device and shuffled mini-batches are drawn by indexing it. No PIL, no per-sample Python.
+* ``loader=torch``: the report's path, ``torchvision.datasets.MNIST`` with ``ToTensor()`` and a
+  shuffled ``DataLoader``, kept so that the original setup can be reproduced and benchmarked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+
+
+@dataclass(frozen=True)
+class RawFile:
+    name: str
+    magic: int
+    count: int
+    md5: str
+
+    @property
+    def header_size(self) -> int:
+        return 16 if self.magic == IMAGE_MAGIC else 8
+
+    @property
+    def size(self) -> int:
+        item = 28 * 28 if self.magic == IMAGE_MAGIC else 1
+        return self.header_size + self.count * item
+
+
+RAW_FILES = (
+    RawFile("train-images-idx3-ubyte", IMAGE_MAGIC, 60_000, "6bbc9ace898e44ae57da46a324031adb"),
+    RawFile("train-labels-idx1-ubyte", LABEL_MAGIC, 60_000, "a25bea736e30d166cdddb491f175f624"),
+    RawFile("t10k-images-idx3-ubyte", IMAGE_MAGIC, 10_000, "2646ac647ad5339dbf082846283269ea"),
+    RawFile("t10k-labels-idx1-ubyte", LABEL_MAGIC, 10_000, "27ae3e4e09519cfbb04c329615203637"),
+)
+
+
+class DataError(RuntimeError):
+    """MNIST is missing or corrupt; the message is meant for the user as is."""
+
+
+def raw_dir(root: str | Path) -> Path:
+    return Path(root).expanduser().resolve() / "MNIST" / "raw"
+
+
+def missing_data_message(root: str | Path, reason: str) -> str:
+    files = "\n".join(f"    {f.name}" for f in RAW_FILES)
+    return (
+        f"MNIST not found and could not be downloaded ({reason}).\n"
+        f"Expected the four raw MNIST files (uncompressed, torchvision's layout) in\n"
+        f"    {raw_dir(root)}\n"
+        f"namely\n{files}\n"
+        "Point the data root at a folder that holds MNIST/raw/ with data.root=/path/to/root "
+        "or the MNIST_DATA_ROOT environment variable."
+    )
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_problem(path: Path, spec: RawFile, check_md5: bool) -> str | None:
+    if not path.exists():
+        return "file is missing"
+    size = path.stat().st_size
+    if size == 0:
+        return "file is empty (0 bytes)"
+    if size < spec.header_size:
+        return f"file is truncated ({size} bytes, shorter than the IDX header)"
+    header = path.read_bytes()[: spec.header_size]
+    magic, count = int.from_bytes(header[0:4], "big"), int.from_bytes(header[4:8], "big")
+    if magic != spec.magic:
+        kind = "images (2051)" if spec.magic == IMAGE_MAGIC else "labels (2049)"
+        return f"wrong IDX magic number {magic}, expected {kind}"
+    if count != spec.count:
+        return f"holds {count} items, expected {spec.count} (a file from the other split?)"
+    if spec.magic == IMAGE_MAGIC:
+        rows, cols = int.from_bytes(header[8:12], "big"), int.from_bytes(header[12:16], "big")
+        if (rows, cols) != (28, 28):
+            return f"images are {rows}x{cols}, expected 28x28"
+    if size != spec.size:
+        return f"file is {size} bytes, expected {spec.size} (truncated or padded)"
+    if check_md5 and _md5(path) != spec.md5:
+        return f"MD5 differs from the original MNIST file ({spec.md5})"
+    return None
+
+
+def verify_raw_files(root: str | Path, check_md5: bool = True) -> None:
+    """Check size, IDX magic, dimensions, item counts and MD5 of the four raw files.
+
+    Raises :class:`DataError` naming every bad file and its problem.
+    """
+    folder = raw_dir(root)
+    problems = []
+    for spec in RAW_FILES:
+        problem = _file_problem(folder / spec.name, spec, check_md5)
+        if problem:
+            problems.append(f"  {folder / spec.name}: {problem}")
+    if problems:
+        raise DataError("MNIST raw files failed their checks:\n" + "\n".join(problems))
+
+
+def load_mnist(root: str | Path, train: bool, transform=None) -> datasets.MNIST:
+    """``torchvision.datasets.MNIST`` with ``download=True``; any download failure becomes a
+    :class:`DataError` that says where the files were expected."""
+    root = Path(root).expanduser().resolve()
+    try:
+        return datasets.MNIST(str(root), train=train, download=True, transform=transform)
+    except Exception as err:  # torchvision raises RuntimeError, URLError, OSError ...
+        raise DataError(missing_data_message(root, f"{type(err).__name__}: {err}")) from None
+
+
+def ensure_mnist(root: str | Path, check_md5: bool = True) -> None:
+    """Download MNIST if none of its raw files is there, then verify all four.
+
+    A partial or damaged copy is never downloaded over: it is reported file by file instead.
+    """
+    if not any((raw_dir(root) / spec.name).exists() for spec in RAW_FILES):
+        load_mnist(root, train=True)
+    verify_raw_files(root, check_md5=check_md5)
+
+
+def split_indices(n_train: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed train/validation split of the 60k training images: same seed, same split."""
+    perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(split_seed))
+    return perm[val_size:], perm[:val_size]
+
+
+def scale_images(images: torch.Tensor, normalize: str) -> torch.Tensor:
+    """uint8 (N, 28, 28) to float (N, 1, 28, 28) in [0, 1], optionally standardised."""
+    x = images.unsqueeze(1).float().div_(255.0)
+    if normalize == "standard":
+        x = x.sub_(MNIST_MEAN).div_(MNIST_STD)
+    return x
+
+
+class TensorBatches:
+    """Shuffled mini-batches indexed from tensors that already live on the training device."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool,
+                 generator: torch.Generator | None = None) -> None:
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.x.device)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                yield self.x[idx], self.y[idx]
+        else:
+            for start in range(0, n, self.batch_size):
+                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+
+
+@dataclass
+class MNISTSplits:
+    train: TensorBatches | DataLoader
+    val: TensorBatches | DataLoader
+    test: TensorBatches | DataLoader
+    generator: torch.Generator
+
+    @property
+    def n_train(self) -> int:
+        return _n_samples(self.train)
+
+
+def _n_samples(batches: TensorBatches | DataLoader) -> int:
+    return len(batches.y) if isinstance(batches, TensorBatches) else len(batches.dataset)
+
+
+def build_splits(data_cfg, batch_size: int, eval_batch_size: int, device: torch.device,
+                 seed: int) -> MNISTSplits:
+    """Verify the raw files, load MNIST and return train/validation/test batch iterables."""
+    ensure_mnist(data_cfg.root, check_md5=data_cfg.verify_md5)
+    generator = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = split_indices(60_000, data_cfg.val_size, data_cfg.split_seed)
+    if data_cfg.max_train_samples:
+        train_idx = train_idx[: data_cfg.max_train_samples]
+    if data_cfg.loader == "torch":
+        return _dataloader_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size,
+                                  generator)
+    return _tensor_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size, device,
+                          generator)
+
+
+def _tensor_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size, device,
+                   generator) -> MNISTSplits:
+    train_set = load_mnist(data_cfg.root, train=True)
+    test_set = load_mnist(data_cfg.root, train=False)
+
+    def on_device(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return scale_images(images, data_cfg.normalize).to(device), labels.to(device)
+
+    x_train, y_train = on_device(train_set.data[train_idx], train_set.targets[train_idx])
+    x_val, y_val = on_device(train_set.data[val_idx], train_set.targets[val_idx])
+    x_test, y_test = on_device(test_set.data, test_set.targets)
+    return MNISTSplits(
+        train=TensorBatches(x_train, y_train, batch_size, shuffle=True, generator=generator),
+        val=TensorBatches(x_val, y_val, eval_batch_size, shuffle=False),
+        test=TensorBatches(x_test, y_test, eval_batch_size, shuffle=False),
+        generator=generator,
+    )
+
+
+def _dataloader_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size,
+                       generator) -> MNISTSplits:
+    steps = [transforms.ToTensor()]
+    if data_cfg.normalize == "standard":
+        steps.append(transforms.Normalize((MNIST_MEAN,), (MNIST_STD,)))
+    tf = transforms.Compose(steps)
+    train_set = load_mnist(data_cfg.root, train=True, transform=tf)
+    test_set = load_mnist(data_cfg.root, train=False, transform=tf)
+
+    def loader(dataset, size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=size, shuffle=shuffle,
+                          num_workers=data_cfg.num_workers,
+                          generator=generator if shuffle else None)
+
+    return MNISTSplits(
+        train=loader(Subset(train_set, train_idx.tolist()), batch_size, shuffle=True),
+        val=loader(Subset(train_set, val_idx.tolist()), eval_batch_size, shuffle=False),
+        test=loader(test_set, eval_batch_size, shuffle=False),
+        generator=generator,
+    )

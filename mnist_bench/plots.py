@@ -1,0 +1,85 @@
+"""Figures shared by the training job and the report: curves, confusion matrix, time bars."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+CURVE_TITLES = {
+    "train_loss": "Cross-entropy loss (train)",
+    "train_acc": "Training accuracy",
+    "val_acc": "Validation accuracy",
+    "val_loss": "Cross-entropy loss (validation)",
+}
+History = Sequence[Mapping[str, float]]
+
+
+def plot_curves(histories: Mapping[str, History],
+                metrics: Sequence[str] = ("train_loss", "train_acc", "val_acc"),
+                title: str = "") -> Figure:
+    """One panel per metric against epoch, one line per history (e.g. per learning rate).
+
+    These are the report's Figures 18-26 (loss, train accuracy, validation accuracy).
+    """
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for label, history in histories.items():
+            values = [row[metric] for row in history if metric in row]
+            ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        ax.set(title=CURVE_TITLES.get(metric, metric), xlabel="epoch")
+        ax.grid(alpha=0.3)
+        if len(histories) > 1:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(targets: np.ndarray, predictions: np.ndarray, title: str = "") -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 5.4))
+    ConfusionMatrixDisplay.from_predictions(targets, predictions, ax=ax, colorbar=False,
+                                            values_format="d")
+    ax.set_title(title or "Confusion matrix (test set)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_bars(values: Mapping[str, float], ylabel: str, title: str) -> Figure:
+    """A labelled bar chart, e.g. training time per learning rate (the report's Figure 27)."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(values) + 1.5), 3.6))
+    bars = ax.bar(list(values), list(values.values()), color="tab:blue")
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def plot_overview(histories_by_model: Mapping[str, Mapping[str, History]],
+                  metric: str = "val_acc") -> Figure:
+    """One panel per model with its validation curve for every learning rate."""
+    n = len(histories_by_model)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False, sharey=True)
+    for ax, (model, histories) in zip(axes[0], histories_by_model.items(), strict=True):
+        for label, history in histories.items():
+            values = [row[metric] for row in history if metric in row]
+            ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        ax.set(title=model, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(CURVE_TITLES.get(metric, metric))
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path) -> None:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

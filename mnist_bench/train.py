@@ -1,0 +1,169 @@
+"""The training loop: plain PyTorch, cross-entropy, one tqdm bar per epoch.
+
+Loss and accuracy are accumulated on the device and read once per progress refresh, so the GPU
+is not synchronised after every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        super().__init__(f"training diverged at epoch {epoch}: loss={loss}")
+        self.epoch, self.loss = epoch, loss
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    predictions: torch.Tensor
+    targets: torch.Tensor
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_time_s: float = 0.0
+
+    @property
+    def best_val_acc(self) -> float:
+        return max(row["val_acc"] for row in self.history)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; seed 0 is a seed like any other."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(kind: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an unavailable explicit choice is an error."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
+                 "cpu": True}
+    if kind == "auto":
+        return torch.device(next(name for name, ok in available.items() if ok))
+    if not available[kind]:
+        raise RuntimeError(f"device={kind} was requested but {kind} is not available on this "
+                           "machine; use device=auto or device=cpu")
+    return torch.device(kind)
+
+
+def autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
+    if amp is None:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _prepare(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def train_epoch(model: nn.Module, step_model: nn.Module, batches: Iterable,
+                optimizer: torch.optim.Optimizer, device: torch.device, device_cfg,
+                epoch: int, desc: str, refresh_every: int) -> tuple[float, float]:
+    """One pass over ``batches``; returns (mean cross-entropy, accuracy) of the epoch."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    bar = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True)
+    for step, (x, y) in enumerate(bar, start=1):
+        x, y = _prepare(x, y, device, device_cfg.channels_last)
+        with autocast(device, device_cfg.amp):
+            logits = step_model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            objective = loss + model.auxiliary_loss(y) if hasattr(model, "auxiliary_loss") else loss
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if step % refresh_every == 0:
+            running = loss_sum.item() / seen
+            if not math.isfinite(running):
+                raise DivergedError(epoch, running)
+            bar.set_postfix(loss=f"{running:.4f}", acc=f"{correct.item() / seen:.4f}")
+    mean_loss = loss_sum.item() / seen
+    if not math.isfinite(mean_loss):
+        raise DivergedError(epoch, mean_loss)
+    return mean_loss, correct.item() / seen
+
+
+@torch.no_grad()
+def evaluate(step_model: nn.Module, batches: Iterable, device: torch.device,
+             device_cfg) -> EvalResult:
+    """Mean cross-entropy, accuracy, predictions and targets over ``batches``."""
+    step_model.eval()
+    loss_sum = torch.zeros((), device=device)
+    preds, targets = [], []
+    for x, y in batches:
+        x, y = _prepare(x, y, device, device_cfg.channels_last)
+        with autocast(device, device_cfg.amp):
+            logits = step_model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        preds.append(logits.argmax(1))
+        targets.append(y)
+    predictions, targets_all = torch.cat(preds), torch.cat(targets)
+    n = len(targets_all)
+    acc = (predictions == targets_all).sum().item() / n
+    return EvalResult(loss_sum.item() / n, acc, predictions.cpu(), targets_all.cpu())
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, splits, trainer_cfg, device_cfg,
+        device: torch.device, *, step_model: nn.Module | None = None,
+        result: FitResult | None = None, on_epoch_end: EpochCallback | None = None) -> FitResult:
+    """Train from epoch ``len(result.history) + 1`` to ``trainer_cfg.epochs``.
+
+    ``result`` carries the history and training time of a resumed run. ``train_time_s`` is the
+    wall time of the training and validation passes only: no data loading, no test pass, no
+    logging.
+    """
+    step_model = step_model or model
+    result = result or FitResult()
+    for epoch in range(len(result.history) + 1, trainer_cfg.epochs + 1):
+        start = time.perf_counter()
+        train_loss, train_acc = train_epoch(
+            model, step_model, splits.train, optimizer, device, device_cfg, epoch,
+            desc=f"epoch {epoch}/{trainer_cfg.epochs}", refresh_every=trainer_cfg.log_every_n_steps)
+        val = evaluate(step_model, splits.val, device, device_cfg)
+        elapsed = time.perf_counter() - start
+        result.train_time_s += elapsed
+        row = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val.loss,
+               "val_acc": val.acc, "epoch_time_s": elapsed}
+        if trainer_cfg.test_every_epoch:
+            test = evaluate(step_model, splits.test, device, device_cfg)
+            row |= {"test_loss_epoch": test.loss, "test_acc_epoch": test.acc}
+        result.history.append(row)
+        log.info("epoch %d/%d  train_loss=%.4f train_acc=%.4f val_loss=%.4f val_acc=%.4f (%.1fs)",
+                 epoch, trainer_cfg.epochs, train_loss, train_acc, val.loss, val.acc, elapsed)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+    return result
