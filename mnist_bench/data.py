@@ -138,7 +138,8 @@ def ensure_mnist(root: str | Path, check_md5: bool = True) -> None:
     verify_raw_files(root, check_md5=check_md5)
 
 
-def split_indices(n_train: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_indices(n_train: int, val_size: int,
+                  split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed train/validation split of the 60k training images: same seed, same split."""
     perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(split_seed))
     return perm[val_size:], perm[:val_size]
@@ -172,7 +173,8 @@ class TensorBatches:
                 yield self.x[idx], self.y[idx]
         else:
             for start in range(0, n, self.batch_size):
-                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+                stop = start + self.batch_size
+                yield self.x[start:stop], self.y[start:stop]
 
 
 @dataclass

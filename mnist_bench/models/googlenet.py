@@ -19,8 +19,7 @@ from torchvision.models import googlenet
 
 
 class GoogLeNetMNIST(nn.Module):
-    def __init__(self, stem: str = "gray", aux_weight: float = 0.3, num_classes: int = 10,
-                 name: str = "googlenet") -> None:
+    def __init__(self, stem: str = "gray", aux_weight: float = 0.3, num_classes: int = 10) -> None:
         super().__init__()
         net = googlenet(weights=None, num_classes=num_classes, aux_logits=True,
                         init_weights=True, transform_input=False)

@@ -12,8 +12,8 @@ POOLS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
 
 
 class LeNet5(nn.Sequential):
-    def __init__(self, activation: str = "sigmoid", pool: str = "avg", num_classes: int = 10,
-                 name: str = "lenet") -> None:
+    def __init__(self, activation: str = "sigmoid", pool: str = "avg",
+                 num_classes: int = 10) -> None:
         act, pool_layer = ACTIVATIONS[activation], POOLS[pool]
         super().__init__(
             nn.Conv2d(1, 6, kernel_size=5, padding=2), act(), pool_layer(2, 2),

@@ -7,7 +7,7 @@ from torch import nn
 
 class MLP(nn.Sequential):
     def __init__(self, hidden: Sequence[int] = (128, 32), num_classes: int = 10,
-                 in_features: int = 28 * 28, name: str = "mlp") -> None:
+                 in_features: int = 28 * 28) -> None:
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for size in hidden:

@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 
-def resnet18_mnist(stem: str = "imagenet", num_classes: int = 10, name: str = "resnet18") -> nn.Module:
+def resnet18_mnist(stem: str = "imagenet", num_classes: int = 10) -> nn.Module:
     model = resnet18(weights=None, num_classes=num_classes)
     if stem == "small":
         model.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
