@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 CURVE_TITLES = {
@@ -34,6 +35,7 @@ def plot_curves(histories: Mapping[str, History],
             values = [row[metric] for row in history if metric in row]
             ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
         ax.set(title=CURVE_TITLES.get(metric, metric), xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if len(histories) > 1:
             ax.legend(fontsize=8)
@@ -73,6 +75,7 @@ def plot_overview(histories_by_model: Mapping[str, Mapping[str, History]],
             values = [row[metric] for row in history if metric in row]
             ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
         ax.set(title=model, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(CURVE_TITLES.get(metric, metric))

@@ -111,10 +111,11 @@ def log_evaluation(history, targets: np.ndarray, predictions: np.ndarray, title:
     log_figure(plots.plot_confusion_matrix(targets, predictions, f"{title}: test set"),
                "figures/confusion_matrix.png")
     labels = [str(d) for d in range(10)]
-    mlflow.log_text(classification_report(targets, predictions, target_names=labels, digits=4),
-                    "classification_report.txt")
-    mlflow.log_dict(classification_report(targets, predictions, target_names=labels,
-                                          output_dict=True), "classification_report.json")
+    for output_dict, name in ((False, "classification_report.txt"),
+                              (True, "classification_report.json")):
+        report = classification_report(targets, predictions, target_names=labels, digits=4,
+                                       output_dict=output_dict, zero_division=0)
+        mlflow.log_dict(report, name) if output_dict else mlflow.log_text(report, name)
 
 
 def log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
