@@ -1,0 +1,79 @@
+"""Data loading from tiny IDX files written by the test, splits and batching."""
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_bench import data
+from mnist_bench.data import DataError, TensorBatches
+
+
+def write_idx(folder: Path, n_train: int, n_test: int, seed: int = 0) -> None:
+    """Small but well-formed MNIST-style IDX files."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.tobytes())
+
+
+def test_tiny_idx_fixture_loads_through_torchvision(tmp_path):
+    write_idx(tmp_path / "MNIST" / "raw", n_train=30, n_test=12)
+    train = data.load_mnist(tmp_path, train=True)
+    test = data.load_mnist(tmp_path, train=False)
+    assert train.data.shape == (30, 28, 28) and train.data.dtype == torch.uint8
+    assert len(test.targets) == 12
+
+
+def test_tiny_fixture_fails_verification_on_counts(tmp_path):
+    write_idx(tmp_path / "MNIST" / "raw", n_train=30, n_test=12)
+    with pytest.raises(DataError, match="holds 30 items, expected 60000"):
+        data.verify_raw_files(tmp_path, check_md5=False)
+
+
+def test_missing_data_names_folder_and_files(tmp_path):
+    with pytest.raises(DataError) as err:
+        data.ensure_mnist(tmp_path / "nowhere")
+    message = str(err.value)
+    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in message
+    for spec in data.RAW_FILES:
+        assert spec.name in message
+
+
+def test_real_copy_passes_checks(data_root):
+    data.verify_raw_files(data_root, check_md5=True)
+
+
+def test_split_is_fixed_by_its_seed_and_disjoint():
+    train_a, val_a = data.split_indices(60_000, 5_000, split_seed=0)
+    train_b, val_b = data.split_indices(60_000, 5_000, split_seed=0)
+    _, val_c = data.split_indices(60_000, 5_000, split_seed=1)
+    assert torch.equal(val_a, val_b) and not torch.equal(val_a, val_c)
+    assert len(train_a) == 55_000 and len(val_a) == 5_000
+    assert len(set(train_a.tolist()) & set(val_a.tolist())) == 0
+
+
+def test_scaling_unit_and_standard():
+    images = torch.tensor([[[0, 255]]], dtype=torch.uint8).expand(1, 28, 2).contiguous()
+    unit = data.scale_images(images, "unit")
+    assert unit.shape == (1, 1, 28, 2) and unit.min() == 0 and unit.max() == 1
+    standard = data.scale_images(images, "standard")
+    assert standard.max().item() == pytest.approx((1 - data.MNIST_MEAN) / data.MNIST_STD)
+
+
+def test_tensor_batches_cover_every_sample_once_per_epoch():
+    x, y = torch.arange(10.0).view(10, 1), torch.arange(10)
+    batches = TensorBatches(x, y, batch_size=4, shuffle=True,
+                            generator=torch.Generator().manual_seed(0))
+    seen = torch.cat([yb for _, yb in batches])
+    assert len(batches) == 3 and sorted(seen.tolist()) == list(range(10))
+    assert seen.tolist() != list(range(10))  # shuffled
+    for xb, yb in batches:
+        assert torch.equal(xb.view(-1).long(), yb)  # images stay paired with labels

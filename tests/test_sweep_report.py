@@ -1,0 +1,128 @@
+"""A small real sweep on real data, then the report command, read back through MLflow."""
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import run_cli, sqlite_uri
+
+SMALL = ["trainer.epochs=1", "data.max_train_samples=2000", "data.val_size=1000",
+         "tracking.log_model=false"]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, data_root):
+    """model=mlp,lenet x lr=0.01,0.001: four jobs of one Hydra multirun, then the report."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    proc = run_cli(["--multirun", "model=mlp,lenet", "optimizer.lr=0.01,0.001", f"tracking.uri={sqlite_uri(cwd)}", *SMALL],
+                   cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    report = run_cli(["--tracking-uri", sqlite_uri(cwd), "--out", str(cwd / "report")],
+                     cwd=cwd, module="mnist_bench.report")
+    assert report.returncode == 0, report.stderr
+    return cwd, MlflowClient(tracking_uri=sqlite_uri(cwd)), report
+
+
+def training_runs(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name("mnist_bench")
+    runs = client.search_runs([experiment.experiment_id])
+    return [r for r in runs if r.data.tags.get("run_type") != "report"]
+
+
+def test_sweep_jobs_share_one_sweep_id_and_output_folders(sweep):
+    cwd, client, _ = sweep
+    runs = training_runs(client)
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["sweep_id"] for r in runs}) == 1
+    assert sorted((r.data.tags["model"], float(r.data.params["optimizer.lr"])) for r in runs) == [
+        ("lenet", 0.001), ("lenet", 0.01), ("mlp", 0.001), ("mlp", 0.01)]
+    job_dirs = sorted(p.name for p in (cwd / "multirun").glob("*/*/*") if p.is_dir())
+    assert job_dirs == ["0", "1", "2", "3"]
+
+
+def test_tables_hold_one_row_per_model_and_lr(sweep):
+    cwd, _, _ = sweep
+    for model in ("mlp", "lenet"):
+        rows = read_csv(cwd / "report" / f"table_{model}.csv")
+        assert sorted(float(r["lr"]) for r in rows) == [0.001, 0.01]
+        for row in rows:
+            assert row["outcome"] == "ok"
+            for key in ("train_acc", "val_acc", "test_acc"):
+                assert 0.0 <= float(row[key]) <= 1.0
+        paper = {float(r["lr"]): r["paper_test_acc"] for r in rows}
+        assert paper[0.01] and not paper[0.001]  # published numbers only where the paper has them
+        assert (cwd / "report" / f"table_{model}.md").read_text().count("\n| ") == 2
+
+
+def test_table4_picks_the_best_learning_rate(sweep):
+    cwd, client, _ = sweep
+    val_acc: dict[str, dict[float, float]] = {}
+    for run in training_runs(client):
+        lr = float(run.data.params["optimizer.lr"])
+        val_acc.setdefault(run.data.tags["model"], {})[lr] = run.data.metrics["val_acc"]
+    rows = {r["model"]: r for r in read_csv(cwd / "report" / "table4_best.csv")}
+    assert set(rows) == {"mlp", "lenet"}
+    for model, by_lr in val_acc.items():
+        chosen = float(rows[model]["lr"])
+        assert by_lr[chosen] == max(by_lr.values())
+        assert float(rows[model]["val_acc"]) == pytest.approx(by_lr[chosen])
+        assert float(rows[model]["train_time_s"]) > 0
+
+
+def test_figures_are_valid_pngs_embedded_in_the_index(sweep):
+    cwd, _, _ = sweep
+    index = (cwd / "report" / "index.md").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", index)
+    expected = {"mlp_curves.png", "lenet_curves.png", "mlp_train_time.png",
+                "lenet_train_time.png", "overview_val_acc.png", "train_time_best.png"}
+    assert expected <= set(figures)
+    for name in figures:
+        with Image.open(cwd / "report" / name) as image:
+            image.verify()
+            assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_report_is_logged_as_a_tagged_run(sweep):
+    _, client, proc = sweep
+    run_id = re.search(r"MLflow run (\w+)", proc.stdout).group(1)
+    run = client.get_run(run_id)
+    assert run.data.tags["run_type"] == "report"
+    files = {a.path for a in client.list_artifacts(run_id, "report")}
+    assert {"report/index.md", "report/table4_best.csv", "report/table_mlp.md"} <= files
+
+
+def test_report_without_runs_is_a_clear_error(tmp_path):
+    proc = run_cli(["--tracking-uri", sqlite_uri(tmp_path)], cwd=tmp_path,
+                   module="mnist_bench.report")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "experiment 'mnist_bench' does not exist" in proc.stderr
+    bad_sweep = run_cli(["--tracking-uri", sqlite_uri(tmp_path), "--sweep-id", "nope"],
+                        cwd=tmp_path, module="mnist_bench.report")
+    assert bad_sweep.returncode != 0 and "Traceback" not in bad_sweep.stderr
+
+
+def test_failed_job_does_not_stop_the_sweep_or_the_report(tmp_path, data_root):
+    """lr=1e12 with SGD diverges; the other job and the report survive, the sweep exits 1."""
+    uri = sqlite_uri(tmp_path)
+    proc = run_cli(["--multirun", "model=mlp", "optimizer=sgd", "optimizer.lr=0.05,1e12",
+                    f"tracking.uri={uri}", "trainer.log_every_n_steps=5", *SMALL], cwd=tmp_path)
+    assert proc.returncode != 0
+    runs = {float(r.data.params["optimizer.lr"]): r for r in
+            training_runs(MlflowClient(tracking_uri=uri))}
+    assert runs[0.05].info.status == "FINISHED"
+    assert runs[1e12].info.status == "FAILED" and runs[1e12].data.tags["diverged"] == "true"
+    report = run_cli(["--tracking-uri", uri, "--out", str(tmp_path / "report")], cwd=tmp_path,
+                     module="mnist_bench.report")
+    assert report.returncode == 0, report.stderr
+    rows = {float(r["lr"]): r for r in read_csv(tmp_path / "report" / "table_mlp.csv")}
+    assert rows[1e12]["outcome"] == "diverged" and rows[0.05]["outcome"] == "ok"
+    assert "diverged" in (tmp_path / "report" / "table_mlp.md").read_text()
