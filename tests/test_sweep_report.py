@@ -23,8 +23,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def sweep(tmp_path_factory, data_root):
     """model=mlp,lenet x lr=0.01,0.001: four jobs of one Hydra multirun, then the report."""
     cwd = tmp_path_factory.mktemp("sweep")
-    proc = run_cli(["--multirun", "model=mlp,lenet", "optimizer.lr=0.01,0.001", f"tracking.uri={sqlite_uri(cwd)}", *SMALL],
-                   cwd=cwd)
+    proc = run_cli(["--multirun", "model=mlp,lenet", "optimizer.lr=0.01,0.001",
+                    f"tracking.uri={sqlite_uri(cwd)}", *SMALL], cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     report = run_cli(["--tracking-uri", sqlite_uri(cwd), "--out", str(cwd / "report")],
                      cwd=cwd, module="mnist_bench.report")
