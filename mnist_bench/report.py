@@ -161,13 +161,20 @@ def write_table(table: pd.DataFrame, out: Path, name: str) -> str:
     return text
 
 
+def curves_by_model(runs: pd.DataFrame,
+                    curves: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list]]:
+    """``{model title: {"lr=<lr>": per-epoch history}}``, the input of the curve figures."""
+    return {MODELS.get(model, (model,))[0]:
+            {f"lr={row.lr:g}": curves[row.run_id] for row in rows.itertuples()}
+            for model, rows in runs.groupby("model", sort=False)}
+
+
 def write_figures(runs: pd.DataFrame, table4: pd.DataFrame, curves: dict, out: Path) -> list[str]:
     """Per model curves and time bars (Figures 18-27), plus an overview; returns file names."""
-    names, overview = [], {}
-    for model, rows in runs.groupby("model", sort=False):
-        title = MODELS.get(model, (model,))[0]
-        by_lr = {f"lr={row.lr:g}": curves[row.run_id] for row in rows.itertuples()}
-        overview[title] = by_lr
+    names = []
+    overview = curves_by_model(runs, curves)
+    for (model, rows), (title, by_lr) in zip(runs.groupby("model", sort=False),
+                                             overview.items(), strict=True):
         plots.save(plots.plot_curves(by_lr, CURVE_METRICS, title=title),
                    out / f"{model}_curves.png")
         times = {f"lr={r.lr:g}": r.train_time_s for r in rows.itertuples() if r.outcome == "ok"}

@@ -8,28 +8,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import run_cli, sqlite_uri
-
-SMALL = ["trainer.epochs=1", "data.max_train_samples=2000", "data.val_size=1000",
-         "tracking.log_model=false"]
+from conftest import SMALL_SWEEP, run_cli, sqlite_uri
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open() as fh:
         return list(csv.DictReader(fh))
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, data_root):
-    """model=mlp,lenet x lr=0.01,0.001: four jobs of one Hydra multirun, then the report."""
-    cwd = tmp_path_factory.mktemp("sweep")
-    proc = run_cli(["--multirun", "model=mlp,lenet", "optimizer.lr=0.01,0.001",
-                    f"tracking.uri={sqlite_uri(cwd)}", *SMALL], cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
-    report = run_cli(["--tracking-uri", sqlite_uri(cwd), "--out", str(cwd / "report")],
-                     cwd=cwd, module="mnist_bench.report")
-    assert report.returncode == 0, report.stderr
-    return cwd, MlflowClient(tracking_uri=sqlite_uri(cwd)), report
 
 
 def training_runs(client: MlflowClient) -> list:
@@ -114,7 +98,7 @@ def test_failed_job_does_not_stop_the_sweep_or_the_report(tmp_path, data_root):
     """lr=1e12 with SGD diverges; the other job and the report survive, the sweep exits 1."""
     uri = sqlite_uri(tmp_path)
     proc = run_cli(["--multirun", "model=mlp", "optimizer=sgd", "optimizer.lr=0.05,1e12",
-                    f"tracking.uri={uri}", "trainer.log_every_n_steps=5", *SMALL], cwd=tmp_path)
+                    f"tracking.uri={uri}", "trainer.log_every_n_steps=5", *SMALL_SWEEP], cwd=tmp_path)
     assert proc.returncode != 0
     runs = {float(r.data.params["optimizer.lr"]): r for r in
             training_runs(MlflowClient(tracking_uri=uri))}
