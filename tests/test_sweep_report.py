@@ -98,7 +98,8 @@ def test_failed_job_does_not_stop_the_sweep_or_the_report(tmp_path, data_root):
     """lr=1e12 with SGD diverges; the other job and the report survive, the sweep exits 1."""
     uri = sqlite_uri(tmp_path)
     proc = run_cli(["--multirun", "model=mlp", "optimizer=sgd", "optimizer.lr=0.05,1e12",
-                    f"tracking.uri={uri}", "trainer.log_every_n_steps=5", *SMALL_SWEEP], cwd=tmp_path)
+                    f"tracking.uri={uri}", "trainer.log_every_n_steps=5", *SMALL_SWEEP],
+                   cwd=tmp_path)
     assert proc.returncode != 0
     runs = {float(r.data.params["optimizer.lr"]): r for r in
             training_runs(MlflowClient(tracking_uri=uri))}
