@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import mlflow
@@ -23,9 +23,18 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_bench import checkpoint, tracking
 from mnist_bench.config import config_problems, register_configs
 from mnist_bench.data import DataError, build_splits
-from mnist_bench.train import FitResult, evaluate, fit, resolve_device, seed_everything
+from mnist_bench.train import (
+    DivergedError,
+    FitResult,
+    evaluate,
+    fit,
+    resolve_device,
+    seed_everything,
+)
 
 log = logging.getLogger("mnist_bench")
+# Absolute, so that Hydra finds it whether this file runs as __main__ or is imported as a module.
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 register_configs()
 
 
@@ -46,7 +55,11 @@ def apply_device_settings(device_cfg: DictConfig) -> None:
 
 
 def raise_keyboard_interrupt(signum: int, _frame: Any) -> None:
-    """SIGTERM is treated like Ctrl-C so that the MLflow run ends KILLED, not RUNNING."""
+    """SIGTERM is treated like Ctrl-C so that the MLflow run ends KILLED, not RUNNING.
+
+    Further SIGTERMs are ignored so that they cannot cut that cleanup short.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"received signal {signum}")
 
 
@@ -62,6 +75,25 @@ def find_checkpoint(resume: str) -> Path:
     if not path or not Path(path).is_file():
         raise UserError(f"resume={resume!r}: the run has no checkpoint on this machine ({path})")
     return Path(path)
+
+
+def load_resume_state(cfg: DictConfig) -> dict[str, Any]:
+    """The checkpoint that ``cfg.resume`` names, once its run is known to resume with ``cfg``."""
+    try:
+        state = checkpoint.load_checkpoint(find_checkpoint(cfg.resume))
+    except checkpoint.CheckpointError as err:
+        raise UserError(f"resume={cfg.resume!r}: {err}") from None
+    run_id = state["mlflow_run_id"]
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"resume={cfg.resume!r}: the checkpoint's MLflow run {run_id} is not in "
+                        f"the tracking store {mlflow.get_tracking_uri()}") from None
+    problems = tracking.resume_problems(cfg, run)
+    if problems:
+        raise UserError(f"resume={cfg.resume!r} cannot continue MLflow run {run_id}:\n  "
+                        + "\n  ".join(problems))
+    return state
 
 
 def job_context() -> tuple[Path, Path, dict[str, str]]:
@@ -89,8 +121,9 @@ def train_and_track(cfg: DictConfig) -> float:
     apply_device_settings(cfg.device)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
 
-    mlflow.set_tracking_uri(tracking.tracking_uri(cfg.tracking.uri, launch_dir))
-    state = checkpoint.load_checkpoint(find_checkpoint(cfg.resume)) if cfg.resume else None
+    tracking.open_store(tracking.tracking_uri(cfg.tracking.uri, launch_dir),
+                        cfg.tracking.experiment)
+    state = load_resume_state(cfg) if cfg.resume else None
 
     try:
         splits = build_splits(cfg.data, cfg.trainer.batch_size, cfg.trainer.eval_batch_size,
@@ -116,7 +149,9 @@ def train_and_track(cfg: DictConfig) -> float:
              "git_commit": tracking.git_commit(launch_dir), "checkpoint": str(ckpt_path)}
     if cfg.tracking.sweep_id:
         tags["sweep_id"] = cfg.tracking.sweep_id
-    tracking.set_experiment(cfg.tracking.experiment)
+    if state is not None:  # this job's folder holds the checkpoint that the run tag names
+        checkpoint.save_checkpoint(ckpt_path, **state)
+        tags["resumed_from_epoch"] = str(state["epoch"])
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s (%s parameters) on %s, %d training images", model_name, f"{n_params:,}",
              device, splits.n_train)
@@ -125,14 +160,18 @@ def train_and_track(cfg: DictConfig) -> float:
     with tracking.mlflow_run(state["mlflow_run_id"] if state else None, run_name, tags) as run_id:
         if state is None:
             tracking.log_config(cfg, output_dir / ".hydra")
+        else:
+            tracking.log_missing_epochs(run_id, state["history"])
 
         def end_of_epoch(epoch: int, row: dict[str, float]) -> None:
-            tracking.log_epoch(epoch, row)
+            # Checkpoint first: MLflow never holds an epoch that no checkpoint holds, so a resumed
+            # run never logs an epoch twice (log_missing_epochs fills the opposite gap).
             checkpoint.save_checkpoint(
                 ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                 epoch=epoch, rng=checkpoint.rng_state(splits.generator), history=result.history,
                 train_time_s=result.train_time_s, best_val_acc=result.best_val_acc,
                 mlflow_run_id=run_id)
+            tracking.log_epoch(epoch, row)
 
         result = fit(model, optimizer, splits, cfg.trainer, cfg.device, device,
                      step_model=step_model, result=result, on_epoch_end=end_of_epoch)
@@ -153,16 +192,30 @@ def train_and_track(cfg: DictConfig) -> float:
     return result.best_val_acc
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def fail_job(err: Exception) -> NoReturn:
+    """Exit 1; in a multirun, raise instead so that the other jobs still run (the sweep still
+    exits non-zero at the end)."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise err
+    sys.exit(1)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
         return train_and_track(cfg)
     except UserError as err:
         log.error("%s", err)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # let the other jobs run; the sweep still exits non-zero at the end
-        sys.exit(1)
+        fail_job(err)
+    except DivergedError as err:  # tracking.mlflow_run has said how the run ended
+        fail_job(err)
+    except KeyboardInterrupt:  # likewise; stops a whole sweep, as Ctrl-C should
+        sys.exit(130)
 
 
 if __name__ == "__main__":
-    main()
+    # Run the copy imported as mnist_bench.__main__: a process launcher (hydra/launcher=joblib)
+    # pickles the job by reference to that module, and cannot pickle functions of __main__.
+    from mnist_bench.__main__ import main as importable_main
+
+    importable_main()

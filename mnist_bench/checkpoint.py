@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,12 @@ import numpy as np
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "rng", "history", "train_time_s",
+                   "best_val_acc", "mlflow_run_id")
+
+
+class CheckpointError(RuntimeError):
+    """A file that is not a loadable mnist_bench checkpoint; the message names it and why."""
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -44,5 +51,20 @@ def save_checkpoint(path: Path, **state: Any) -> None:
     os.replace(tmp, path)
 
 
+def _load_failure(err: Exception) -> str:
+    if isinstance(err, pickle.UnpicklingError):
+        return ("it holds objects other than tensors and plain containers, which "
+                "torch.load(weights_only=True) refuses to load because they could run code")
+    return " ".join(str(err).split())[:200]
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a checkpoint with ``weights_only=True``: tensors and plain containers, never code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, OSError ...
+        raise CheckpointError(f"{path}: not a loadable checkpoint: {_load_failure(err)}") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not an mnist_bench checkpoint (lacks {', '.join(missing)})")
+    return state

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -149,16 +150,27 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
+def build(node: DictConfig) -> Any:
+    """Instantiate a ``_target_`` node, dropping the ``name`` key that only labels the option."""
+    kwargs = {k: v for k, v in node.items() if k != "name"}
+    return instantiate(OmegaConf.create(kwargs))
+
+
+def _missing_problems(keys: list[str]) -> list[str]:
+    return [f"{key}: required value is missing (set it on the command line)" for key in keys]
+
+
 def _check_against_schema(node: Any, schemas: dict[str, type], key: str) -> list[str]:
+    """Unknown option names, wrong types, and schema fields that the option leaves unset."""
     name = OmegaConf.select(node, "name", default=None)
     if name not in schemas:
         return [f"{key}.name={name!r}: unknown; allowed: {', '.join(schemas)}"]
     try:
-        OmegaConf.merge(OmegaConf.structured(schemas[name]), node)
+        merged = OmegaConf.merge(OmegaConf.structured(schemas[name]), node)
     except OmegaConfBaseException as err:
         bad_key = getattr(err, "full_key", None) or "?"
         return [f"{key}.{bad_key}: {err.msg if hasattr(err, 'msg') else err}".splitlines()[0]]
-    return []
+    return _missing_problems(sorted(f"{key}.{k}" for k in OmegaConf.missing_keys(merged)))
 
 
 def _range_problems(cfg: DictConfig) -> list[str]:
@@ -204,9 +216,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     """Every problem with ``cfg``, one line each (key, value, what is allowed); empty if valid."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        return [f"{key}: required value is missing (set it on the command line)" for key in missing]
-    problems = _check_against_schema(cfg.model, MODEL_SCHEMAS, "model")
-    problems += _check_against_schema(cfg.optimizer, OPTIMIZER_SCHEMAS, "optimizer")
-    if problems:
-        return problems
-    return _range_problems(cfg) + _choice_problems(cfg)
+        return _missing_problems(missing)
+    return (_check_against_schema(cfg.model, MODEL_SCHEMAS, "model")
+            + _check_against_schema(cfg.optimizer, OPTIMIZER_SCHEMAS, "optimizer")
+            + _range_problems(cfg) + _choice_problems(cfg))

@@ -10,8 +10,10 @@ Two batching paths share one split:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+DOWNLOAD_TIMEOUT_S = 20.0  # per socket operation: an unreachable mirror fails, never hangs
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 
 
@@ -125,7 +128,19 @@ def load_mnist(root: str | Path, train: bool, transform=None) -> datasets.MNIST:
     try:
         return datasets.MNIST(str(root), train=train, download=True, transform=transform)
     except Exception as err:  # torchvision raises RuntimeError, URLError, OSError ...
-        raise DataError(missing_data_message(root, f"{type(err).__name__}: {err}")) from None
+        reason = " ".join(f"{type(err).__name__}: {err}".split())  # one line, however long
+        raise DataError(missing_data_message(root, reason[:300])) from None
+
+
+@contextlib.contextmanager
+def socket_timeout(seconds: float) -> Iterator[None]:
+    """torchvision opens its download URLs without a timeout; bound every socket operation."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def ensure_mnist(root: str | Path, check_md5: bool = True) -> None:
@@ -134,7 +149,8 @@ def ensure_mnist(root: str | Path, check_md5: bool = True) -> None:
     A partial or damaged copy is never downloaded over: it is reported file by file instead.
     """
     if not any((raw_dir(root) / spec.name).exists() for spec in RAW_FILES):
-        load_mnist(root, train=True)
+        with socket_timeout(DOWNLOAD_TIMEOUT_S):
+            load_mnist(root, train=True)
     verify_raw_files(root, check_md5=check_md5)
 
 

@@ -8,11 +8,14 @@ an exception ends it FAILED (with ``diverged=true`` for a NaN/inf loss) and an i
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import mlflow
@@ -20,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torchvision
+from mlflow.entities import Metric, Run
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import classification_report
@@ -29,6 +33,10 @@ from mnist_bench.train import DivergedError
 
 log = logging.getLogger(__name__)
 NOT_PARAMS = ("resume",)
+# Keys that may differ when a run is resumed: where things are, not what is trained.
+RESUMABLE_CHANGES = ("data.root", "data.num_workers", "device.", "tracking.uri",
+                     "tracking.run_name", "tracking.sweep_id", "tracking.log_model",
+                     "trainer.log_every_n_steps")
 
 
 def tracking_uri(configured: str | None, launch_dir: str | Path) -> str:
@@ -40,16 +48,25 @@ def tracking_uri(configured: str | None, launch_dir: str | Path) -> str:
     return from_env or f"sqlite:///{Path(launch_dir).resolve() / 'mlflow.db'}"
 
 
-def set_experiment(name: str, retries: int = 5) -> None:
-    """``mlflow.set_experiment`` that survives two jobs creating the same experiment at once."""
-    for attempt in range(retries):
-        try:
-            mlflow.set_experiment(name)
-            return
-        except mlflow.exceptions.MlflowException:
-            if attempt == retries - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+@contextlib.contextmanager
+def _uri_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock, across the processes of this machine, named after ``uri``."""
+    digest = hashlib.md5(uri.encode(), usedforsecurity=False).hexdigest()
+    with (Path(tempfile.gettempdir()) / f"mnist_bench-store-{digest}.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def open_store(uri: str, experiment: str) -> None:
+    """Use the tracking store at ``uri`` and its ``experiment``, creating either if need be.
+
+    MLflow creates a new SQLite store's tables, and a new experiment, by check-then-create: when
+    two jobs start at once (hydra/launcher=joblib), one of them fails. A file lock serialises
+    this first contact; later writes wait on SQLite's busy timeout, which MLflow sets.
+    """
+    mlflow.set_tracking_uri(uri)
+    with _uri_lock(uri):
+        mlflow.set_experiment(experiment)
 
 
 def git_commit(cwd: str | Path) -> str:
@@ -71,22 +88,51 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
 def mlflow_run(run_id: str | None, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
     """Start (or, with ``run_id``, reopen) a run and always end it with the right status."""
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags))
+    run_id = run.info.run_id
     try:
-        yield run.info.run_id
+        yield run_id
     except DivergedError as err:
         mlflow.set_tags({"diverged": "true", "diverged_epoch": str(err.epoch)})
         mlflow.end_run("FAILED")
+        log.error("%s; MLflow run %s ended FAILED with diverged=true", err, run_id)
         raise
     except KeyboardInterrupt:
         mlflow.set_tag("interrupted", "true")
         mlflow.end_run("KILLED")
+        log.error("interrupted: MLflow run %s ended KILLED; the last complete checkpoint is "
+                  "kept; continue with resume=%s", run_id, run_id)
         raise
     except BaseException as err:
         mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
         mlflow.end_run("FAILED")
+        log.error("MLflow run %s ended FAILED (%s)", run_id, type(err).__name__)
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+def resume_problems(cfg: DictConfig, run: Run) -> list[str]:
+    """Why ``run`` cannot be continued with ``cfg``, one line each: it finished already, or
+    ``cfg`` differs from its logged params in a key that changes what is trained."""
+    if run.info.status == "FINISHED":
+        return ["the run is FINISHED already; start a new run instead"]
+    logged = run.data.params
+    return [f"{key}={value}: the run was started with {logged[key]}; resume with the same value"
+            for key, value in flat_params(cfg).items()
+            if key in logged and logged[key] != value and not key.startswith(RESUMABLE_CHANGES)]
+
+
+def log_missing_epochs(run_id: str, history: Sequence[Mapping[str, float]]) -> None:
+    """Log the checkpointed epochs that the run lacks (a kill between checkpoint and logging),
+    so that a resumed run's metric history has no gaps."""
+    client = mlflow.MlflowClient()
+    keys = {key for row in history for key in row}
+    logged = {key: {m.step for m in client.get_metric_history(run_id, key)} for key in keys}
+    now = int(time.time() * 1000)
+    missing = [Metric(key, value, now, epoch) for epoch, row in enumerate(history, start=1)
+               for key, value in row.items() if epoch not in logged[key]]
+    if missing:
+        client.log_batch(run_id, metrics=missing)
 
 
 def log_config(cfg: DictConfig, hydra_dir: Path | None) -> None:

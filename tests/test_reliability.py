@@ -1,0 +1,447 @@
+"""Issue 5: failures are loud and explained, and results survive accidents.
+
+Bad configs and bad data are refused before any MLflow run exists; a diverging job ends FAILED
+with ``diverged=true`` while the rest of its sweep goes on; SIGTERM ends a run KILLED with its last
+checkpoint intact; an interrupted and resumed run matches an uninterrupted one exactly; two jobs
+writing to one SQLite store at once lose nothing. The CLI runs for real, in subprocesses on the
+real MNIST copy, and every result is read back with ``MlflowClient``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from test_config import compose_cfg
+
+from conftest import run_cli, sqlite_uri
+from mnist_bench import checkpoint, data, tracking
+from mnist_bench.config import config_problems
+
+FAST = ["model=mlp", "device=cpu", "device.num_threads=1", "data.max_train_samples=2000",
+        "tracking.log_model=false"]
+DETERMINISTIC = [*FAST, "trainer.deterministic=true", "trainer.epochs=4"]
+EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
+FINAL_KEYS = ("test_acc", "test_loss", "best_val_acc")
+INTERRUPTED = 130  # the exit status after Ctrl-C or SIGTERM
+
+
+# ---------------------------------------------------------------------------- helpers ---------
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """An empty SQLite store with MLflow's tables, copied per test to skip its slow migrations."""
+    folder = tmp_path_factory.mktemp("store_template")
+    MlflowClient(tracking_uri=sqlite_uri(folder)).search_experiments()
+    return folder / "mlflow.db"
+
+
+def copy_store(template: Path, folder: Path) -> str:
+    shutil.copy(template, folder / "mlflow.db")
+    return sqlite_uri(folder)
+
+
+@pytest.fixture
+def store(tmp_path, store_template) -> str:
+    return copy_store(store_template, tmp_path)
+
+
+def all_runs(uri: str) -> list[Run]:
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiment_ids=experiments) if experiments else []
+
+
+def only_run(uri: str) -> Run:
+    runs = all_runs(uri)
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value, sorted: a duplicate step shows up twice."""
+    metrics = MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)
+    return sorted((m.step, m.value) for m in metrics)
+
+
+def output_of(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr  # Hydra logs to stdout, tqdm and tracebacks go to stderr
+
+
+# ---------------------------------------------------------------- bad configuration ---------
+
+BAD_VALUES = {
+    "unknown model": (["model.name=vgg"],
+                      "model.name='vgg': unknown; allowed: mlp, lenet, resnet18, googlenet"),
+    "unknown optimizer": (["optimizer.name=rmsprop"],
+                          "optimizer.name='rmsprop': unknown; allowed: adam, adamw, sgd"),
+    "unknown device": (["device.type=tpu"],
+                       "device.type='tpu': must be one of auto, cpu, cuda, mps"),
+    "zero lr": (["optimizer.lr=0"], "optimizer.lr=0: must be a finite number > 0"),
+    "negative lr": (["optimizer.lr=-0.1"], "optimizer.lr=-0.1: must be a finite number > 0"),
+    "nan lr": (["optimizer.lr=nan"], "optimizer.lr=nan: must be a finite number > 0"),
+    "lr not a number": (["optimizer.lr=fast"],
+                        "optimizer.lr: Value 'fast' of type 'str' could not be converted to Float"),
+    "zero epochs": (["trainer.epochs=0"], "trainer.epochs=0: must be an integer >= 1"),
+    "zero batch size": (["trainer.batch_size=0"], "trainer.batch_size=0: must be an integer >= 1"),
+    "zero val size": (["data.val_size=0"], "data.val_size=0: must be an integer in 1..59999"),
+    "whole training set as val": (["data.val_size=60000"],
+                                  "data.val_size=60000: must be an integer in 1..59999"),
+    "negative workers": (["data.num_workers=-1"], "data.num_workers=-1: must be an integer >= 0"),
+    "unknown loader": (["data.loader=pil"], "data.loader='pil': must be one of tensor, torch"),
+    "missing value": (["optimizer.lr=???"],
+                      "optimizer.lr: required value is missing (set it on the command line)"),
+    "deleted value": (["~optimizer.lr"],
+                      "optimizer.lr: required value is missing (set it on the command line)"),
+    "missing group": (["~model"], "model: required value is missing (set it on the command line)"),
+}
+
+
+@pytest.mark.parametrize(("overrides", "line"), BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_bad_value_is_one_line_naming_key_value_and_allowed(overrides, line):
+    assert config_problems(compose_cfg(*overrides)) == [line]
+
+
+@pytest.mark.parametrize(("group", "option", "allowed"), [
+    ("model", "vgg", ["googlenet", "lenet", "mlp", "resnet18"]),
+    ("optimizer", "rmsprop", ["adam", "adamw", "sgd"]),
+    ("device", "tpu", ["auto", "cpu", "cuda", "mps"]),
+])
+def test_unknown_group_option_is_refused_by_hydra(group, option, allowed):
+    with pytest.raises(MissingConfigException) as err:
+        compose_cfg(f"{group}={option}")
+    assert f"Could not find '{group}/{option}'" in str(err.value)
+    assert all(f"\t{name}\n" in str(err.value) for name in allowed)
+
+
+@pytest.mark.parametrize("override", ["trainer.epochs=ten", "trainer.batch_size=1.5",
+                                      "data.num_workers=many", "data.val_size=null"])
+def test_wrong_type_is_refused_by_hydra(override):
+    with pytest.raises(Exception, match=override.replace(".", r"\.")):
+        compose_cfg(override)
+
+
+def test_cli_prints_every_value_problem_and_touches_no_store(tmp_path):
+    cases = [BAD_VALUES[case] for case in (  # at most one value per key
+        "unknown model", "unknown optimizer", "unknown device", "negative lr", "zero epochs",
+        "zero batch size", "whole training set as val", "negative workers", "unknown loader")]
+    proc = run_cli([*(o for overrides, _ in cases for o in overrides),
+                    f"tracking.uri={sqlite_uri(tmp_path)}"], cwd=tmp_path)
+    lines = [line.strip() for line in output_of(proc).splitlines()]
+    assert proc.returncode == 1 and "Traceback" not in output_of(proc)
+    assert all(line in lines for _, line in cases), output_of(proc)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_cli_unknown_group_option_exits_before_any_store(tmp_path):
+    proc = run_cli(["model=vgg", f"tracking.uri={sqlite_uri(tmp_path)}"], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Could not find 'model/vgg'" in proc.stderr and "\tresnet18" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# ------------------------------------------------------------------------- bad data ---------
+
+def raw_copy(tmp_path: Path, data_root: Path) -> Path:
+    """A data root whose MNIST/raw files link to the real ones, for one test to spoil."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for spec in data.RAW_FILES:
+        (raw / spec.name).symlink_to(data_root / "MNIST" / "raw" / spec.name)
+    return raw
+
+
+def spoil(raw: Path, name: str, content: bytes | None) -> Path:
+    """Replace one raw file by ``content``, or delete it (``None``)."""
+    path = raw / name
+    path.unlink()
+    if content is not None:
+        path.write_bytes(content)
+    return path
+
+
+def real(data_root: Path, name: str) -> bytes:
+    return (data_root / "MNIST" / "raw" / name).read_bytes()
+
+
+BAD_FILES = {  # case: (file to spoil, its content made from the real copy (None: gone), problem)
+    "truncated": (
+        "train-images-idx3-ubyte",
+        lambda root: real(root, "train-images-idx3-ubyte")[:10_000],
+        "file is 10000 bytes, expected 47040016 (truncated or padded)"),
+    "wrong magic": (
+        "t10k-images-idx3-ubyte",
+        lambda root: (2049).to_bytes(4, "big") + real(root, "t10k-images-idx3-ubyte")[4:],
+        "wrong IDX magic number 2049, expected images (2051)"),
+    "labels of the other split": (
+        "train-labels-idx1-ubyte",
+        lambda root: real(root, "t10k-labels-idx1-ubyte"),
+        "holds 10000 items, expected 60000 (a file from the other split?)"),
+    "zero bytes": ("t10k-labels-idx1-ubyte", lambda root: b"", "file is empty (0 bytes)"),
+    "missing": ("t10k-images-idx3-ubyte", lambda root: None, "file is missing"),
+}
+
+
+@pytest.mark.parametrize(("name", "content", "problem"), BAD_FILES.values(), ids=BAD_FILES.keys())
+def test_bad_file_is_named_with_its_problem_before_loading(tmp_path, data_root, name, content,
+                                                           problem):
+    path = spoil(raw_copy(tmp_path, data_root), name, content(data_root))
+    cfg = compose_cfg(f"data.root={tmp_path}")
+    with pytest.raises(data.DataError) as err:
+        data.build_splits(cfg.data, 64, 1024, torch.device("cpu"), seed=0)
+    assert f"{path}: {problem}" in str(err.value)
+    assert str(err.value).count("\n") == 1  # only the spoilt file is reported
+
+
+def test_cli_reports_every_bad_file_and_trains_nothing(tmp_path, data_root, store):
+    raw = raw_copy(tmp_path, data_root)
+    cases = [v for k, v in BAD_FILES.items() if k != "missing"]  # four cases, four files
+    expected = [f"{spoil(raw, name, content(data_root))}: {problem}"
+                for name, content, problem in cases]
+    proc = run_cli([*FAST, f"data.root={tmp_path}", f"tracking.uri={store}"], cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in output_of(proc)
+    assert all(line in output_of(proc) for line in expected), output_of(proc)
+    assert "epoch 1/" not in output_of(proc) and all_runs(store) == []
+
+
+def test_download_attempt_is_bounded_and_clear(tmp_path, monkeypatch):
+    timeouts = []
+
+    def offline(*_args, **_kwargs):
+        timeouts.append(socket.getdefaulttimeout())
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(data.DataError) as err:
+        data.ensure_mnist(tmp_path / "empty")
+    assert str(data.raw_dir(tmp_path / "empty")) in str(err.value) and "offline" in str(err.value)
+    assert timeouts and set(timeouts) == {data.DOWNLOAD_TIMEOUT_S}
+    assert socket.getdefaulttimeout() is None  # restored
+
+
+# ------------------------------------------------------------------ diverging runs ---------
+
+def test_diverging_job_fails_tagged_while_the_sweep_goes_on(tmp_path, store):
+    proc = run_cli(["--multirun", "optimizer=sgd", "optimizer.lr=1e10,0.01", "trainer.epochs=2",
+                    *FAST, f"tracking.uri={store}"], cwd=tmp_path)
+    assert proc.returncode != 0
+    runs = {run.data.params["optimizer.lr"]: run for run in all_runs(store)}
+    diverged, healthy = runs["10000000000.0"], runs["0.01"]
+    assert diverged.info.status == "FAILED"
+    assert diverged.data.tags["diverged"] == "true" and diverged.data.tags["diverged_epoch"] == "1"
+    assert history(store, diverged.info.run_id, "train_loss") == []  # stopped within epoch 1
+    assert re.search(rf"training diverged at epoch 1: loss=(nan|inf); MLflow run "
+                     rf"{diverged.info.run_id} ended FAILED with diverged=true", output_of(proc))
+    assert healthy.info.status == "FINISHED" and "diverged" not in healthy.data.tags
+    assert [s for s, _ in history(store, healthy.info.run_id, "val_acc")] == [1, 2]
+    assert "test_acc" in healthy.data.metrics
+
+
+# ---------------------------------------------------------------- interruption ---------
+
+def wait_for_checkpoint(folder: Path, proc: subprocess.Popen, timeout: float = 300) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list(folder.glob(f"outputs/*/*/{checkpoint.CHECKPOINT_NAME}"))
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    pytest.fail(f"no checkpoint appeared; exit status {proc.poll()}")
+
+
+def test_sigterm_ends_run_killed_and_keeps_a_loadable_checkpoint(tmp_path, store, data_root):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with (tmp_path / "output.txt").open("w+") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mnist_bench", *FAST, "trainer.epochs=1000",
+             f"data.root={data_root}", f"tracking.uri={store}"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        path = wait_for_checkpoint(tmp_path, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == INTERRUPTED
+        out.seek(0)
+        output = out.read()
+    run = only_run(store)
+    run_id = run.info.run_id
+    assert run.info.status == "KILLED" and run.data.tags["interrupted"] == "true"
+    assert f"MLflow run {run_id} ended KILLED" in output and f"resume={run_id}" in output
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state["mlflow_run_id"] == run_id and len(state["history"]) == state["epoch"] >= 1
+    steps = [s for s, _ in history(store, run_id, "val_acc")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) in (state["epoch"] - 1,
+                                                                       state["epoch"])
+
+
+def test_checkpoint_survives_a_kill_while_it_is_rewritten(tmp_path, monkeypatch):
+    path = tmp_path / checkpoint.CHECKPOINT_NAME
+    state = {key: 0 for key in checkpoint.CHECKPOINT_KEYS} | {"model": {"w": torch.ones(3)}}
+    checkpoint.save_checkpoint(path, **state)
+
+    def killed_mid_write(_obj, file):
+        Path(file).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(path, **(state | {"epoch": 1}))
+    reloaded = checkpoint.load_checkpoint(path)
+    assert reloaded["epoch"] == 0 and torch.equal(reloaded["model"]["w"], torch.ones(3))
+
+
+class Payload:
+    """Creates a file when unpickled: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    marker, path = tmp_path / "code_ran", tmp_path / "evil.pt"
+    torch.save({key: Payload(marker) for key in checkpoint.CHECKPOINT_KEYS}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="weights_only=True"):
+        checkpoint.load_checkpoint(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is real: a full unpickle runs it
+    assert marker.exists()
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(checkpoint.CheckpointError, match="not a loadable checkpoint"):
+        checkpoint.load_checkpoint(tmp_path / "cut.pt")
+
+
+# ------------------------------------------------------------------ resumption ---------
+
+STOPPER = '''"""``python -m stop_after_epoch checkpoint|metrics EPOCH <overrides>``: the real
+CLI, which sends itself SIGTERM right after it wrote that epoch's checkpoint, or its metrics."""
+import os
+import runpy
+import signal
+import sys
+
+from mnist_bench import checkpoint, tracking
+
+stop_at, stop_epoch = sys.argv.pop(1), int(sys.argv.pop(1))
+module, name = (checkpoint, "save_checkpoint") if stop_at == "checkpoint" else (tracking,
+                                                                                "log_epoch")
+original = getattr(module, name)
+
+
+def then_stop(*args, **kwargs):
+    original(*args, **kwargs)
+    if kwargs.get("epoch", args[0]) == stop_epoch:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+setattr(module, name, then_stop)
+runpy.run_module("mnist_bench", run_name="__main__", alter_sys=True)
+'''
+
+
+@dataclass
+class Outcome:
+    run: Run
+    curves: dict[str, list[tuple[int, float]]]
+    weights: dict[str, torch.Tensor]
+
+
+def outcome(uri: str) -> Outcome:
+    run = only_run(uri)
+    curves = {key: history(uri, run.info.run_id, key) for key in EPOCH_KEYS}
+    weights = checkpoint.load_checkpoint(run.data.tags["checkpoint"])["model"]
+    return Outcome(run, curves, weights)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, store_template, data_root) -> Outcome:
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    uri = copy_store(store_template, folder)
+    proc = run_cli([*DETERMINISTIC, f"tracking.uri={uri}"], cwd=folder)
+    assert proc.returncode == 0, output_of(proc)
+    return outcome(uri)
+
+
+@pytest.mark.parametrize(("stop_at", "logged_at_kill", "resume_by"), [
+    ("checkpoint", [1], "run_id"),  # killed between epoch 2's checkpoint and its metrics
+    ("metrics", [1, 2], "path"),  # killed once epoch 2 is fully recorded
+])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, store, uninterrupted, stop_at,
+                                                    logged_at_kill, resume_by):
+    (tmp_path / "stop_after_epoch.py").write_text(STOPPER)
+    args = [*DETERMINISTIC, f"tracking.uri={store}"]
+    proc = run_cli([stop_at, "2", *args], cwd=tmp_path, module="stop_after_epoch")
+    killed = only_run(store)
+    assert proc.returncode == INTERRUPTED and killed.info.status == "KILLED", output_of(proc)
+    assert [s for s, _ in history(store, killed.info.run_id, "val_acc")] == logged_at_kill
+    target = killed.info.run_id if resume_by == "run_id" else killed.data.tags["checkpoint"]
+    assert checkpoint.load_checkpoint(killed.data.tags["checkpoint"])["epoch"] == 2
+
+    proc = run_cli([*args, f"resume={target}"], cwd=tmp_path)
+    assert proc.returncode == 0, output_of(proc)
+    assert "epoch 1/4" not in output_of(proc) and "epoch 3/4" in output_of(proc)
+    resumed = outcome(store)
+    assert resumed.run.info.run_id == killed.info.run_id
+    assert resumed.run.info.status == "FINISHED"
+    assert resumed.run.data.tags["resumed_from_epoch"] == "2"
+    assert resumed.curves == uninterrupted.curves  # steps 1..4 once each, identical values
+    assert [s for s, _ in resumed.curves["val_acc"]] == [1, 2, 3, 4]
+    for key in FINAL_KEYS:
+        assert resumed.run.data.metrics[key] == uninterrupted.run.data.metrics[key], key
+        assert len(history(store, killed.info.run_id, key)) == 1
+    assert resumed.weights.keys() == uninterrupted.weights.keys()
+    assert all(torch.equal(resumed.weights[k], uninterrupted.weights[k]) for k in resumed.weights)
+
+
+def test_resume_refuses_a_finished_run(uninterrupted):
+    cfg = compose_cfg(*DETERMINISTIC)
+    assert tracking.resume_problems(cfg, uninterrupted.run) == [
+        "the run is FINISHED already; start a new run instead"]
+
+
+def test_resume_refuses_a_changed_config_but_not_a_moved_one(store):
+    client = MlflowClient(tracking_uri=store)
+    run_id = client.create_run(client.create_experiment("resume")).info.run_id
+    for key, value in tracking.flat_params(compose_cfg(*DETERMINISTIC)).items():
+        client.log_param(run_id, key, value)
+    run = client.get_run(run_id)
+    changed = compose_cfg(*DETERMINISTIC, "optimizer.lr=0.001", "trainer.epochs=5")
+    assert tracking.resume_problems(changed, run) == [
+        "optimizer.lr=0.001: the run was started with 0.0002; resume with the same value",
+        "trainer.epochs=5: the run was started with 4; resume with the same value"]
+    moved = compose_cfg(*DETERMINISTIC, "data.root=/elsewhere", "device.num_threads=2",
+                        "tracking.log_model=true")
+    assert tracking.resume_problems(moved, run) == []
+
+
+# ---------------------------------------------------------------- concurrent writers ---------
+
+def test_two_jobs_writing_to_one_new_store_lose_nothing(tmp_path):
+    uri = sqlite_uri(tmp_path)  # a new store: both jobs create its tables and experiment at once
+    proc = run_cli(["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                    "optimizer.lr=0.001,0.002", "trainer.epochs=3", *FAST,
+                    f"tracking.uri={uri}"], cwd=tmp_path)
+    assert proc.returncode == 0, output_of(proc)
+    runs = all_runs(uri)
+    assert sorted(run.data.params["optimizer.lr"] for run in runs) == ["0.001", "0.002"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        for key in EPOCH_KEYS:
+            assert [s for s, _ in history(uri, run.info.run_id, key)] == [1, 2, 3], key
+        assert set(FINAL_KEYS) <= run.data.metrics.keys()
+    assert len(runs[0].data.params) == len(runs[1].data.params) > 30
