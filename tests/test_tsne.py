@@ -1,0 +1,144 @@
+"""The real ``python -m mnist_bench.tsne`` in a subprocess, on the real MNIST copy, read back
+through MLflow's own client."""
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from test_cli import run_id_of
+
+from conftest import REPO, run_cli, sqlite_uri
+from mnist_bench.__main__ import UserError
+from mnist_bench.data import load_mnist, scale_images
+from mnist_bench.tsne import load_trained_model, penultimate_features, sample_mnist
+
+SMALL = ["n_samples=400"]
+
+
+def tsne_cli(args: list[str], folder: Path, job: str):
+    return run_cli([*args, f"tracking.uri={sqlite_uri(folder)}", f"hydra.run.dir={folder / job}"],
+                   cwd=folder, module="mnist_bench.tsne")
+
+
+def tsne_runs(client: MlflowClient) -> list:
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, "tags.run_type = 'tsne'")
+
+
+def map_of(client: MlflowClient, run_id: str, folder: Path) -> dict[str, np.ndarray]:
+    """The embedding NPZ, downloaded from the run's artifacts."""
+    path = client.download_artifacts(run_id, "embedding.npz", str(folder))
+    with np.load(path) as npz:
+        return dict(npz)
+
+
+def own_centre_ratio(points: np.ndarray, labels: np.ndarray) -> dict[int, float]:
+    """Per digit: mean distance of its points to their own centre over the mean distance of
+    the same points to the other digits' centres. Random points give about 1."""
+    centres = {d: points[labels == d].mean(axis=0) for d in np.unique(labels)}
+    ratios = {}
+    for digit, centre in centres.items():
+        mine = points[labels == digit]
+        others = [np.linalg.norm(mine - c, axis=1).mean() for d, c in centres.items() if d != digit]
+        ratios[int(digit)] = np.linalg.norm(mine - centre, axis=1).mean() / np.mean(others)
+    return ratios
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[Path, MlflowClient]:
+    folder = tmp_path_factory.mktemp("tsne")
+    return folder, MlflowClient(tracking_uri=sqlite_uri(folder))
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(store, data_root) -> tuple[str, Path]:
+    """A one-epoch MLP logged to the store: its run id and its checkpoint."""
+    folder, _ = store
+    proc = run_cli(["model=mlp", "trainer.epochs=1", "data.max_train_samples=5000",
+                    "optimizer.lr=0.001", f"tracking.uri={sqlite_uri(folder)}",
+                    f"hydra.run.dir={folder / 'train'}"], cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    return run_id_of(proc.stdout), folder / "train" / "checkpoint.pt"
+
+
+def test_pixel_map_is_tracked_and_clusters_the_digits(store, data_root):
+    folder, client = store
+    proc = tsne_cli(SMALL, folder, "pixels")
+    assert proc.returncode == 0, proc.stderr
+    run = client.get_run(run_id_of(proc.stdout))
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["run_type"] == "tsne" and "tsne" in run.data.tags
+    assert run.data.tags["source"] == "pixels"
+    metrics = run.data.metrics
+    assert metrics["input_dim"] == 784 and metrics["n_samples"] == 400
+    assert metrics["knn_acc"] > 0.6  # about 0.75 at 400 points; a map that mixes digits: 0.1
+    assert {f"spread_{d}" for d in range(10)} | {f"silhouette_{d}" for d in range(10)} <= set(
+        metrics)
+    assert "t-SNE:" in proc.stderr  # the progress bar
+    assert "most compact first" in proc.stdout + proc.stderr  # the per-digit table (logged)
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"tsne.png", "embedding.npz", "cluster_spread.csv"} <= artifacts
+    png = Path(client.download_artifacts(run.info.run_id, "tsne.png", str(folder)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+    saved = map_of(client, run.info.run_id, folder)
+    points, labels = saved["embedding"], saved["labels"]
+    assert points.shape == (400, 2) and np.isfinite(points).all()
+    assert len(set(saved["indices"])) == 400  # 400 different images...
+    truth = load_mnist(data_root, train=True).targets.numpy()
+    np.testing.assert_array_equal(labels, truth[saved["indices"]])  # ...with their own labels
+    ratios = own_centre_ratio(points, labels)
+    assert max(ratios.values()) < 0.85, ratios  # every digit nearer its own centre
+    shuffled = own_centre_ratio(points, np.random.default_rng(0).permutation(labels))
+    assert min(shuffled.values()) > 0.9  # the check fails for a map that ignores the labels
+
+
+def test_feature_map_of_a_model_trained_here(store, trained_mlp):
+    folder, client = store
+    run_id, _ = trained_mlp
+    proc = tsne_cli([*SMALL, "source=features", f"model_uri=runs:/{run_id}/model"], folder,
+                    "features")
+    assert proc.returncode == 0, proc.stderr
+    run = client.get_run(run_id_of(proc.stdout))
+    assert run.data.tags["source"] == "features" and run.data.tags["source_run_id"] == run_id
+    assert run.data.metrics["input_dim"] == 32  # the MLP's penultimate layer, not the pixels
+    assert run.data.metrics["knn_acc"] > 0.6
+    assert map_of(client, run.info.run_id, folder)["embedding"].shape == (400, 2)
+
+
+def test_checkpoint_features_need_the_network_named(trained_mlp, data_root):
+    """In process, to save a start-up: the CLI path is the one tested above."""
+    _, checkpoint = trained_mlp
+    cfg = OmegaConf.create({"model": None, "data": {"normalize": "unit"}})
+    with pytest.raises(UserError, match="a checkpoint does not say which network"):
+        load_trained_model(str(checkpoint), cfg)
+    cfg.model = OmegaConf.load(REPO / "conf" / "model" / "mlp.yaml")
+    trained = load_trained_model(str(checkpoint), cfg)
+    images, _, _ = sample_mnist(data_root, "test", 100, seed=0)
+    features = penultimate_features(trained.network, scale_images(images, "unit"), 64)
+    assert features.shape == (100, 32) and (features >= 0).all()  # after the MLP's ReLU
+    cfg.model = OmegaConf.load(REPO / "conf" / "model" / "lenet.yaml")
+    with pytest.raises(UserError, match="its weights do not fit model=lenet"):
+        load_trained_model(str(checkpoint), cfg)
+
+
+def test_bad_selections_give_a_clear_error_and_no_run(store):
+    folder, client = store
+    cases = {
+        "n_samples=70000": "the train subset holds 60,000 images",
+        "source=features model_uri=runs:/0123456789abcdef0123456789abcdef/model":
+            "Run with id=0123456789abcdef0123456789abcdef not found",
+    }
+    runs_before = len(tsne_runs(client))
+    with ThreadPoolExecutor(len(cases)) as pool:  # mostly start-up time: run them side by side
+        procs = list(pool.map(lambda job: tsne_cli(job[1].split(), folder, f"bad{job[0]}"),
+                              enumerate(cases)))
+    for proc, expected in zip(procs, cases.values(), strict=True):
+        assert proc.returncode == 1
+        output = proc.stdout + proc.stderr
+        assert expected in output and "Traceback" not in output, output
+    assert len(tsne_runs(client)) == runs_before
