@@ -14,20 +14,20 @@ from typing import Any, NoReturn
 
 import hydra
 import mlflow
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mnist_bench import checkpoint, tracking
-from mnist_bench.config import config_problems, register_configs
+from mnist_bench.config import build, config_problems, register_configs
 from mnist_bench.data import DataError, build_splits
 from mnist_bench.train import (
     DivergedError,
     FitResult,
+    apply_device_settings,
     evaluate,
     fit,
+    prepare_model,
     resolve_device,
     seed_everything,
 )
@@ -40,18 +40,6 @@ register_configs()
 
 class UserError(RuntimeError):
     """A problem the user can fix; printed without a traceback."""
-
-
-def build(node: DictConfig) -> Any:
-    """Instantiate a ``_target_`` node, dropping the ``name`` key that only labels the option."""
-    kwargs = {k: v for k, v in node.items() if k != "name"}
-    return instantiate(OmegaConf.create(kwargs))
-
-
-def apply_device_settings(device_cfg: DictConfig) -> None:
-    if device_cfg.num_threads:
-        torch.set_num_threads(device_cfg.num_threads)
-    torch.backends.cudnn.benchmark = device_cfg.cudnn_benchmark
 
 
 def raise_keyboard_interrupt(signum: int, _frame: Any) -> None:
@@ -130,11 +118,8 @@ def train_and_track(cfg: DictConfig) -> float:
                               device, cfg.trainer.seed)
     except DataError as err:
         raise UserError(str(err)) from None
-    model = build(cfg.model).to(device)
-    if cfg.device.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model, step_model = prepare_model(build(cfg.model), device, cfg.device)
     optimizer = build(cfg.optimizer)(model.parameters())
-    step_model = torch.compile(model, mode=cfg.device.compile_mode) if cfg.device.compile else model
     result = FitResult()
     if state is not None:
         model.load_state_dict(state["model"])

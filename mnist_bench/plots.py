@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import sys
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 

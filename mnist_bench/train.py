@@ -1,7 +1,9 @@
 """The training loop: plain PyTorch, cross-entropy, one tqdm bar per epoch.
 
 Loss and accuracy are accumulated on the device and read once per progress refresh, so the GPU
-is not synchronised after every step.
+is not synchronised after every step. The speed levers (threads, cuDNN autotuning,
+channels_last, ``torch.compile``, autocast) come from the ``device`` config group;
+``docs/results/benchmark.md`` says what each one is worth.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
+DEFAULT_NUM_THREADS = torch.get_num_threads()  # torch's choice, before any config changes it
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -71,11 +74,36 @@ def resolve_device(kind: str) -> torch.device:
     return torch.device(kind)
 
 
+def apply_device_settings(device_cfg) -> None:
+    """Process-wide backend settings; ``num_threads: null`` means torch's default."""
+    torch.set_num_threads(device_cfg.num_threads or DEFAULT_NUM_THREADS)
+    torch.backends.cudnn.benchmark = device_cfg.cudnn_benchmark
+
+
+def prepare_model(model: nn.Module, device: torch.device,
+                  device_cfg) -> tuple[nn.Module, nn.Module]:
+    """Move ``model`` to ``device`` (channels_last if configured) and return it together with
+    the module that runs the steps: the same module, or its ``torch.compile`` wrapper. Build the
+    optimizer from the first, which owns the parameters; checkpoints save its state dict."""
+    model = model.to(device)
+    if device_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if not device_cfg.compile:
+        return model, model
+    return model, torch.compile(model, mode=device_cfg.compile_mode)
+
+
 def autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
     if amp is None:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, amp: str | None) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 autocast, whose small gradients would underflow without it; a
+    disabled scaler (a plain ``backward`` and ``step``) otherwise. bf16 has fp32's range."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
 def _prepare(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
@@ -87,13 +115,20 @@ def _prepare(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_la
 
 def train_epoch(model: nn.Module, step_model: nn.Module, batches: Iterable,
                 optimizer: torch.optim.Optimizer, device: torch.device, device_cfg,
-                epoch: int, desc: str, refresh_every: int) -> tuple[float, float]:
-    """One pass over ``batches``; returns (mean cross-entropy, accuracy) of the epoch."""
+                epoch: int, desc: str, refresh_every: int,
+                scaler: torch.amp.GradScaler | None = None,
+                progress: bool = True) -> tuple[float, float]:
+    """One pass over ``batches``; returns (mean cross-entropy, accuracy) of the epoch.
+
+    ``scaler`` (from :func:`grad_scaler`) must be given for fp16 autocast; it keeps its scale
+    from one epoch to the next. ``progress=False`` hides the progress bar.
+    """
+    scaler = scaler or grad_scaler(device, None)
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    bar = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True)
+    bar = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
     for step, (x, y) in enumerate(bar, start=1):
         x, y = _prepare(x, y, device, device_cfg.channels_last)
         with autocast(device, device_cfg.amp):
@@ -101,8 +136,9 @@ def train_epoch(model: nn.Module, step_model: nn.Module, batches: Iterable,
             loss = nn.functional.cross_entropy(logits, y)
             objective = loss + model.auxiliary_loss(y) if hasattr(model, "auxiliary_loss") else loss
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
+        scaler.scale(objective).backward()
+        scaler.step(optimizer)
+        scaler.update()
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -148,11 +184,13 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, splits, trainer_cfg,
     """
     step_model = step_model or model
     result = result or FitResult()
+    scaler = grad_scaler(device, device_cfg.amp)
     for epoch in range(len(result.history) + 1, trainer_cfg.epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(
             model, step_model, splits.train, optimizer, device, device_cfg, epoch,
-            desc=f"epoch {epoch}/{trainer_cfg.epochs}", refresh_every=trainer_cfg.log_every_n_steps)
+            desc=f"epoch {epoch}/{trainer_cfg.epochs}", refresh_every=trainer_cfg.log_every_n_steps,
+            scaler=scaler)
         val = evaluate(step_model, splits.val, device, device_cfg)
         elapsed = time.perf_counter() - start
         result.train_time_s += elapsed

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# GPU check for the performance issue: the benchmark and the Table 4 protocol on one H100/H200.
+#
+# 1. Here, on a machine with PyPI access and the MNIST copy (no GPU needed), once:
+#        bash scripts/gpu_check.sh prepare
+#    It fills .gpu/ (ignored by git through .gpu/.gitignore, never committed) with
+#      .gpu/wheels/  the pure-Python and manylinux wheels (CPython 3.12) of hydra-core, omegaconf,
+#                    mlflow and their dependencies that the GPU image lacks, at the versions of
+#                    this project's virtualenv;
+#      .gpu/data/    the four raw MNIST files, gzipped (~11 MB; carried, never committed).
+#    and prints its size: with the working tree it must stay under the tool's 64 MiB.
+# 2. On the GPU machine, through the device tool, with carry [".gpu"] and timeout_s 600:
+#        bash scripts/gpu_check.sh run
+#    Results go to $OUT (at most 8 files come back): env.txt, bench_b64.md, bench_resnet18_b256.md,
+#    table4.txt, gpu_check.log. Each step has its own time limit and the most important one runs
+#    first: about 7 minutes expected, 9 at most (20 s setup + 270 + 100 + 150 s), which with the
+#    machine's start leaves the 15-minute device budget some room.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+GPU_DIR=.gpu
+PY=${PYTHON:-python3}
+
+prepare() {
+    local venv_py=.venv/bin/python data_root=${MNIST_DATA_ROOT:-../shared/data}
+    mkdir -p "$GPU_DIR/wheels" "$GPU_DIR/data"
+    echo '*' > "$GPU_DIR/.gitignore"
+    # Every distribution that hydra-core and mlflow need, minus those the GPU image already has
+    # (/work/.library/device/KINDS.md lists them), pinned to this virtualenv's versions.
+    local pins
+    pins=$("$venv_py" - <<'EOF'
+import importlib.metadata as md, re
+from packaging.requirements import Requirement
+ON_GPU_IMAGE = set("""
+absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch
+build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage
+cuda-bindings cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn
+einops equinox etils execnet filelock flatbuffers flax fonttools formulaic frozenlist fsspec
+gpytorch grpcio h11 h5py hf-xet httpcore httpx huggingface-hub humanize hypothesis idna imageio
+iniconfig interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib
+kiwisolver lazy-loader lightning lightning-utilities linear-operator lineax llvmlite lxml
+markdown markdown-it-py markupsafe matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack
+multidict multipledispatch mypy-extensions nanobind narwhals networkx ninja numba numba-cuda
+numpy numpyro nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime
+nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse
+nvidia-cusparselt-cu13 nvidia-ml-py nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13
+nvidia-nvtx onnx onnx-ir onnxruntime onnxscript opencv-python-headless optax opt-einsum
+opt-einsum-fx optimistix orbax-checkpoint packaging pandas pathspec patsy peft pillow pip pluggy
+portalocker prometheus-client propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments
+pyparsing pyproject-hooks pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock
+pytest-timeout pytest-xdist python-dateutil pytorch-lightning pyyaml regex requests rich
+sacrebleu safetensors scikit-build-core scikit-image scikit-learn scipy seaborn sentencepiece
+sentence-transformers setuptools shellingham simplejson six sortedcontainers statsmodels sympy
+tabulate tensorboard tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm
+tokenizers toolz torch torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm
+transformers treescope triton typer typing-extensions typing-inspect urllib3 uvloop
+wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
+""".split())
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+seen = {}
+def walk(name):
+    if norm(name) in seen:
+        return
+    dist = md.distribution(name)
+    seen[norm(name)] = dist.version
+    for text in dist.requires or []:
+        req = Requirement(text)
+        if not (req.marker and not req.marker.evaluate({"extra": ""})):
+            walk(req.name)
+for top in ("hydra-core", "mlflow"):
+    walk(top)
+print(" ".join(f"{n}=={v}" for n, v in sorted(seen.items()) if n not in ON_GPU_IMAGE))
+EOF
+) || exit 1
+    local pin
+    for pin in $pins; do  # a wheel from PyPI, else one built here (antlr4 4.9.3 is sdist-only)
+        "$venv_py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+            --implementation cp --platform manylinux_2_28_x86_64 \
+            --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+            --platform manylinux_2_34_x86_64 -d "$GPU_DIR/wheels" "$pin" 2>/dev/null \
+            || "$venv_py" -m pip wheel -q --no-deps -w "$GPU_DIR/wheels" "$pin" || exit 1
+    done
+    for f in "$data_root"/MNIST/raw/*-ubyte; do
+        gzip -9 -c "$f" > "$GPU_DIR/data/$(basename "$f").gz"
+    done
+    ls "$GPU_DIR/wheels" | wc -l | xargs echo "wheels:"
+    du -sh "$GPU_DIR" "$GPU_DIR"/*
+}
+
+step() {  # step SECONDS NAME COMMAND...: run one step with a time limit, log how it ended
+    local limit=$1 name=$2 start rc
+    shift 2
+    start=$(date +%s)
+    echo "== $name (limit ${limit}s)"
+    timeout "$limit" "$@"
+    rc=$?
+    echo "== $name: exit $rc after $(( $(date +%s) - start ))s"
+}
+
+run() {
+    : "${OUT:?set OUT to the folder for the results}"
+    exec > >(tee "$OUT/gpu_check.log") 2>&1
+    # Install only the carried wheels whose distribution the image lacks: never shadow its own.
+    local wheels
+    wheels=$($PY - "$GPU_DIR"/wheels/*.whl <<'EOF'
+import importlib.metadata as md, os, sys
+for path in sys.argv[1:]:
+    try:
+        md.distribution(os.path.basename(path).split("-")[0])
+    except md.PackageNotFoundError:
+        print(path)
+EOF
+) || exit 1
+    if [ -n "$wheels" ]; then
+        # shellcheck disable=SC2086
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site $wheels || exit 1
+    fi
+    export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+    export MNIST_DATA_ROOT=/tmp/mnist
+    mkdir -p "$MNIST_DATA_ROOT/MNIST/raw"
+    for f in "$GPU_DIR"/data/*.gz; do
+        gunzip -c "$f" > "$MNIST_DATA_ROOT/MNIST/raw/$(basename "$f" .gz)"
+    done
+    { nvidia-smi; $PY -c "import torch, torchvision, hydra, mlflow; print('torch', torch.__version__,
+'cuda', torch.version.cuda, torch.cuda.get_device_name(), 'torchvision', torchvision.__version__,
+'hydra', hydra.__version__, 'mlflow', mlflow.__version__)"; } > "$OUT/env.txt" 2>&1
+    cat "$OUT/env.txt"
+
+    # (a) report, (b) default, (c) fastest at the report's batch size; compile time is the
+    # "overhead s" column.
+    step 270 "benchmark, batch 64" $PY -m mnist_bench.bench --models mlp lenet resnet18 \
+        --repeats 2 --output "$OUT/bench_b64.md"
+    # The issue's ResNet-18 target is at batch 256.
+    step 100 "benchmark, ResNet-18 batch 256" $PY -m mnist_bench.bench --models resnet18 \
+        --paths default fastest --batch-size 256 --repeats 2 \
+        --output "$OUT/bench_resnet18_b256.md"
+    # Table 4 protocol: 3 models x 10 epochs, batch 64, lr 2e-4, validation every epoch, with
+    # the default configs, through the real CLI and MLflow.
+    local t0
+    t0=$(date +%s)
+    step 150 "Table 4 protocol" $PY -m mnist_bench --multirun model=mlp,lenet,resnet18 \
+        tracking.uri=sqlite:////tmp/gpu_check/mlflow.db tracking.log_model=false \
+        hydra.sweep.dir=/tmp/gpu_check/multirun | tee /tmp/gpu_check_table4.log
+    {
+        grep "train_time_s=" /tmp/gpu_check_table4.log
+        echo "wall time of the whole multirun (imports, data, MLflow included): $(( $(date +%s) - t0 )) s"
+        grep "train_time_s=" /tmp/gpu_check_table4.log \
+            | sed 's/.*train_time_s=\([0-9.]*\).*/\1/' | awk '{s += $1} END {print "sum of train_time_s:", s, "s"}'
+    } > "$OUT/table4.txt"
+    cat "$OUT/table4.txt"
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    run) run ;;
+    *) echo "usage: bash scripts/gpu_check.sh prepare|run  (see the comments at the top)" >&2
+       exit 2 ;;
+esac

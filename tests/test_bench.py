@@ -1,0 +1,158 @@
+"""The benchmark runs and reports a speedup; the CUDA-only code paths are right by construction.
+
+These are not timed tests: no assertion here depends on how fast anything is.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import REPO, run_cli
+from mnist_bench import bench
+from mnist_bench.config import DeviceConf, register_configs
+from mnist_bench.models.lenet import LeNet5
+from mnist_bench.train import (
+    DEFAULT_NUM_THREADS,
+    apply_device_settings,
+    grad_scaler,
+    prepare_model,
+    train_epoch,
+)
+
+register_configs()
+
+
+def device_cfg(**overrides) -> OmegaConf:
+    return OmegaConf.merge(OmegaConf.structured(DeviceConf), overrides)
+
+
+def test_benchmark_runs_tiny_and_prints_a_ratio(tmp_path, data_root):
+    out = tmp_path / "bench.csv"
+    proc = run_cli(["--models", "mlp", "--max-train-samples", "128", "--repeats", "1",
+                    "--device", "cpu", "--output", str(out)], cwd=tmp_path,
+                   module="mnist_bench.bench")
+    assert proc.returncode == 0, proc.stderr
+    assert "| model | path |" in proc.stdout and "x report" in proc.stdout
+    ratio = re.search(r"^\| mlp \| default \|(?: [^|]+ \|){5} (\d+\.\d\d) \|$", proc.stdout,
+                      re.MULTILINE)
+    assert ratio and float(ratio.group(1)) > 0, proc.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert [row["path"] for row in rows] == ["report", "default"]
+    assert float(rows[0]["speedup"]) == 1.0
+
+
+def test_help_names_the_options(tmp_path):
+    proc = run_cli(["--help"], cwd=tmp_path, module="mnist_bench.bench")
+    assert proc.returncode == 0
+    for option in ("--models", "--repeats", "--batch-size", "--max-train-samples",
+                   "--data-root", "--output", "--variant", "--paths"):
+        assert option in proc.stdout
+
+
+def test_fastest_path_is_refused_without_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = run_cli(["--paths", "fastest", "--device", "cpu"], cwd=tmp_path,
+                   module="mnist_bench.bench")
+    assert proc.returncode != 0 and "needs CUDA" in proc.stderr
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet", "resnet18", "googlenet"])
+def test_every_path_composes_to_a_valid_config(model):
+    """The CUDA-only path is checked against the schema here too, on any machine."""
+    args = bench.parse_args(["--paths", "report", "default", "fastest", "--device", "cuda",
+                             "--variant", "t1: device.num_threads=1", "--data-root", "/x"])
+    paths = bench.path_overrides(args, model)
+    assert list(paths) == ["report", "default", "fastest", "t1"]
+    cfgs = {name: bench.compose_config(overrides) for name, overrides in paths.items()}
+    report, fastest = cfgs["report"], cfgs["fastest"]
+    assert report.data.loader == "torch" and report.data.num_workers == 0
+    assert report.optimizer.fused is None and report.optimizer.foreach is None
+    assert not report.device.compile and report.device.amp is None
+    assert report.trainer.eval_batch_size == report.trainer.batch_size == 64
+    assert fastest.device.type == "cuda" and fastest.device.compile
+    assert fastest.device.compile_mode == "reduce-overhead" and fastest.optimizer.fused
+    assert cfgs["default"].data.loader == "tensor"
+    assert cfgs["t1"].device.num_threads == 1
+
+
+def test_the_default_path_is_what_the_cli_runs_by_default():
+    args = bench.parse_args(["--paths", "report", "default", "--data-root", "/x"])
+    default = bench.compose_config(bench.path_overrides(args, "mlp")["default"])
+    cli_default = bench.compose_config(["data.root=/x"])
+    assert OmegaConf.to_container(default.device) == OmegaConf.to_container(cli_default.device)
+    assert default.optimizer == cli_default.optimizer and default.data == cli_default.data
+
+
+def test_variant_syntax_is_checked():
+    assert bench.parse_variant("cl: device.channels_last=true model.pool=max") == (
+        "cl", ["device.channels_last=true", "model.pool=max"])
+    with pytest.raises(Exception, match="NAME"):
+        bench.parse_variant("device.channels_last=true")
+
+
+def test_synchronize_waits_on_the_device_it_is_given(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    bench.synchronize(torch.device("cpu"))
+    assert calls == []
+    bench.synchronize(torch.device("cuda", 1))
+    assert calls == [torch.device("cuda", 1)]
+
+
+def test_device_settings_apply_and_restore_threads():
+    try:
+        apply_device_settings(device_cfg(num_threads=1, cudnn_benchmark=True))
+        assert torch.get_num_threads() == 1 and torch.backends.cudnn.benchmark
+        apply_device_settings(device_cfg(num_threads=None, cudnn_benchmark=False))
+        assert torch.get_num_threads() == DEFAULT_NUM_THREADS
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.set_num_threads(DEFAULT_NUM_THREADS)
+
+
+def test_prepare_model_sets_memory_format_and_wraps_for_compile():
+    model, step_model = prepare_model(LeNet5(), torch.device("cpu"),
+                                      device_cfg(channels_last=True, compile=True))
+    conv = model[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert step_model is not model and step_model._orig_mod is model  # compiled lazily
+    eager, same = prepare_model(LeNet5(), torch.device("cpu"), device_cfg())
+    assert same is eager
+
+
+def test_grad_scaler_is_on_for_fp16_only():
+    cpu = torch.device("cpu")
+    assert grad_scaler(cpu, "fp16").is_enabled()
+    assert not grad_scaler(cpu, "bf16").is_enabled()
+    assert not grad_scaler(cpu, None).is_enabled()
+
+
+@pytest.mark.parametrize("amp", [None, "bf16", "fp16"])
+def test_train_epoch_runs_every_autocast_setting(amp):
+    """The autocast and loss-scaling code that CUDA runs, exercised on the CPU."""
+    torch.manual_seed(0)
+    cfg = device_cfg(amp=amp, channels_last=True)
+    cpu = torch.device("cpu")
+    model, step_model = prepare_model(LeNet5(activation="relu"), cpu, cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    x, y = torch.rand(96, 1, 28, 28), torch.randint(0, 10, (96,))
+    batches = [(x[:64], y[:64]), (x[64:], y[64:])]
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, acc = train_epoch(model, step_model, batches, optimizer, cpu, cfg, epoch=1, desc="t",
+                            refresh_every=1, scaler=grad_scaler(cpu, amp), progress=False)
+    assert loss > 0 and 0 <= acc <= 1
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_device_configs_compose():
+    """Every device option composes with the levers it sets (CUDA's included, on any machine)."""
+    for option in ("auto", "cpu", "cuda", "mps"):
+        cfg = bench.compose_config([f"device={option}"])
+        assert cfg.device.type == option
+    assert (REPO / "conf" / "device" / "cuda.yaml").is_file()
