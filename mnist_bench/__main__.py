@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import hydra
 import mlflow
@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnist_bench import checkpoint, tracking
+from mnist_bench.cli import CONF_DIR, UserError, fail_job
 from mnist_bench.config import build, config_problems, register_configs
 from mnist_bench.data import DataError, build_splits
 from mnist_bench.train import (
@@ -33,13 +34,7 @@ from mnist_bench.train import (
 )
 
 log = logging.getLogger("mnist_bench")
-# Absolute, so that Hydra finds it whether this file runs as __main__ or is imported as a module.
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 register_configs()
-
-
-class UserError(RuntimeError):
-    """A problem the user can fix; printed without a traceback."""
 
 
 def raise_keyboard_interrupt(signum: int, _frame: Any) -> None:
@@ -175,14 +170,6 @@ def train_and_track(cfg: DictConfig) -> float:
           f"val_acc={last['val_acc']:.4f} test_acc={test.acc:.4f} "
           f"train_time_s={result.train_time_s:.1f} run_id={run_id}", flush=True)
     return result.best_val_acc
-
-
-def fail_job(err: Exception) -> NoReturn:
-    """Exit 1; in a multirun, raise instead so that the other jobs still run (the sweep still
-    exits non-zero at the end)."""
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise err
-    sys.exit(1)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -35,6 +35,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from mnist_bench.cli import CONF_DIR
 from mnist_bench.config import DEVICE_TYPES, MODEL_SCHEMAS, build, config_problems, register_configs
 from mnist_bench.data import MNISTSplits, build_splits
 from mnist_bench.train import (
@@ -46,7 +47,6 @@ from mnist_bench.train import (
     train_epoch,
 )
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 REPORT_OVERRIDES = (
     "data.loader=torch", "data.num_workers=0", "data.normalize=unit",
     "optimizer=adam", "optimizer.lr=0.0002", "optimizer.fused=null", "optimizer.foreach=null",

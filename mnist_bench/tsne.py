@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mnist_bench import checkpoint, embedding, plots, tracking
-from mnist_bench.__main__ import CONF_DIR, UserError, fail_job
+from mnist_bench.cli import CONF_DIR, UserError, fail_job
 from mnist_bench.config import MODEL_SCHEMAS, DataConf, build
 from mnist_bench.data import DataError, ensure_mnist, load_mnist, scale_images
 from mnist_bench.embedding import TSNEParams

@@ -7,8 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mnist_bench.__main__ import build
-from mnist_bench.config import config_problems, register_configs
+from mnist_bench.config import build, config_problems, register_configs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_configs()

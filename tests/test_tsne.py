@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from test_cli import run_id_of
 
 from conftest import REPO, run_cli, sqlite_uri
-from mnist_bench.__main__ import UserError
+from mnist_bench.cli import UserError
 from mnist_bench.data import load_mnist, scale_images
 from mnist_bench.tsne import load_trained_model, penultimate_features, sample_mnist
 
