@@ -19,7 +19,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from mnist_bench import plots
-from mnist_bench.tracking import tracking_uri
+from mnist_bench.tracking import open_store, tracking_uri
 
 MODELS = {  # model name -> (title, table number of the report it reproduces)
     "mlp": ("MLP", 1),
@@ -217,7 +217,7 @@ def log_report(out: Path, experiment: str, selection: str, sweep_id: str | None)
     tags = {"run_type": "report", "report_for": selection}
     if sweep_id:
         tags["report_for_sweep"] = sweep_id
-    mlflow.set_experiment(experiment)
+    open_store(mlflow.get_tracking_uri(), experiment)
     with mlflow.start_run(run_name=f"report: {selection}", tags=tags) as run:
         mlflow.log_artifacts(str(out), "report")
     return run.info.run_id

@@ -156,12 +156,11 @@ def log_evaluation(history, targets: np.ndarray, predictions: np.ndarray, title:
     log_figure(plots.plot_curves({title: history}, title=title), "figures/curves.png")
     log_figure(plots.plot_confusion_matrix(targets, predictions, f"{title}: test set"),
                "figures/confusion_matrix.png")
-    labels = [str(d) for d in range(10)]
-    for output_dict, name in ((False, "classification_report.txt"),
-                              (True, "classification_report.json")):
-        report = classification_report(targets, predictions, target_names=labels, digits=4,
-                                       output_dict=output_dict, zero_division=0)
-        mlflow.log_dict(report, name) if output_dict else mlflow.log_text(report, name)
+    options = {"target_names": [str(d) for d in range(10)], "digits": 4, "zero_division": 0}
+    mlflow.log_text(classification_report(targets, predictions, **options),
+                    "classification_report.txt")
+    mlflow.log_dict(classification_report(targets, predictions, output_dict=True, **options),
+                    "classification_report.json")
 
 
 def log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
