@@ -8,8 +8,8 @@ own ``train_epoch`` and ``evaluate``):
   ``DataLoader`` (``num_workers=0``), Adam as torch builds it by default, fp32, eager, torch's
   default thread count, validation at the training batch size: the report's setup.
 * ``default`` (b): what ``python -m mnist_bench`` does by default on this machine.
-* ``fastest`` (c, CUDA only): the default plus fused Adam, bf16 autocast, channels_last and
-  ``torch.compile(mode="reduce-overhead")`` (CUDA graphs).
+* ``fastest`` (c, CUDA only): the default (fused Adam, the whole step as one CUDA graph) plus
+  bf16 autocast and channels_last.
 * ``--variant``: the default plus any overrides, to measure one lever at a time.
 
 Each path first trains one untimed warm-up epoch, which holds compilation and autotuning; the
@@ -41,36 +41,33 @@ from mnist_bench.data import MNISTSplits, build_splits
 from mnist_bench.train import (
     apply_device_settings,
     evaluate,
-    grad_scaler,
     prepare_model,
     resolve_device,
     train_epoch,
 )
+from mnist_bench.train_step import TrainStep, make_train_step
 
 REPORT_OVERRIDES = (
     "data.loader=torch", "data.num_workers=0", "data.normalize=unit",
     "optimizer=adam", "optimizer.lr=0.0002", "optimizer.fused=null", "optimizer.foreach=null",
     "device.compile=false", "device.amp=null", "device.channels_last=false",
-    "device.cudnn_benchmark=false", "device.num_threads=null",
+    "device.cudnn_benchmark=false", "device.cuda_graphs=false", "device.num_threads=null",
 )
 FASTEST_CUDA_OVERRIDES = (
     "optimizer.fused=true", "device.amp=bf16", "device.channels_last=true",
-    "device.cudnn_benchmark=true", "device.compile=true", "device.compile_mode=reduce-overhead",
+    "device.cudnn_benchmark=true", "device.cuda_graphs=true", "device.compile=false",
 )
 PATHS = ("report", "default", "fastest")
 
 
 @dataclass
 class Setup:
-    """One path for one model: its config, data, model and optimizer, and its timings."""
+    """One path for one model: its config, data and training step, and its timings."""
 
     name: str
     cfg: DictConfig
     splits: MNISTSplits
-    model: torch.nn.Module
-    step_model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    step: TrainStep
     warmup_s: float = 0.0
     train_s: list[float] = field(default_factory=list)
     val_s: list[float] = field(default_factory=list)
@@ -139,8 +136,8 @@ def build_setup(name: str, cfg: DictConfig, device: torch.device) -> Setup:
                           cfg.trainer.seed)
     model, step_model = prepare_model(build(cfg.model), device, cfg.device)
     optimizer = build(cfg.optimizer)(model.parameters())
-    return Setup(name, cfg, splits, model, step_model, optimizer,
-                 grad_scaler(device, cfg.device.amp))
+    return Setup(name, cfg, splits, make_train_step(model, step_model, optimizer, device,
+                                                    cfg.device))
 
 
 def time_epoch(setup: Setup, device: torch.device, progress: bool) -> tuple[float, float]:
@@ -148,13 +145,11 @@ def time_epoch(setup: Setup, device: torch.device, progress: bool) -> tuple[floa
     apply_device_settings(setup.cfg.device)
     synchronize(device)
     start = time.perf_counter()
-    train_epoch(setup.model, setup.step_model, setup.splits.train, setup.optimizer, device,
-                setup.cfg.device, epoch=1, desc=setup.name,
-                refresh_every=setup.cfg.trainer.log_every_n_steps, scaler=setup.scaler,
-                progress=progress)
+    train_epoch(setup.step, setup.splits.train, epoch=1, desc=setup.name,
+                refresh_every=setup.cfg.trainer.log_every_n_steps, progress=progress)
     synchronize(device)
     trained = time.perf_counter()
-    evaluate(setup.step_model, setup.splits.val, device, setup.cfg.device)
+    evaluate(setup.step.step_model, setup.splits.val, device, setup.cfg.device)
     synchronize(device)
     return trained - start, time.perf_counter() - trained
 

@@ -88,6 +88,7 @@ class DeviceConf:
     amp: str | None = None
     channels_last: bool = False
     cudnn_benchmark: bool = False
+    cuda_graphs: bool = False
     num_threads: int | None = None
 
 

@@ -1,14 +1,13 @@
 """The training loop: plain PyTorch, cross-entropy, one tqdm bar per epoch.
 
-Loss and accuracy are accumulated on the device and read once per progress refresh, so the GPU
-is not synchronised after every step. The speed levers (threads, cuDNN autotuning,
-channels_last, ``torch.compile``, autocast) come from the ``device`` config group;
-``docs/results/benchmark.md`` says what each one is worth.
+The step itself (``train_step.py``) accumulates loss and accuracy on the device; the loop reads
+them once per progress refresh, so the GPU is not synchronised after every step. The speed
+levers (threads, cuDNN autotuning, channels_last, ``torch.compile``, CUDA graphs, autocast)
+come from the ``device`` config group; ``docs/results/benchmark.md`` says what each is worth.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from mnist_bench.train_step import TrainStep, autocast, make_train_step, prepare_batch
 
 log = logging.getLogger(__name__)
 DEFAULT_NUM_THREADS = torch.get_num_threads()  # torch's choice, before any config changes it
@@ -95,64 +96,26 @@ def prepare_model(model: nn.Module, device: torch.device,
     return model, torch.compile(model, mode=device_cfg.compile_mode)
 
 
-def autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
-    if amp is None:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def grad_scaler(device: torch.device, amp: str | None) -> torch.amp.GradScaler:
-    """Loss scaling for fp16 autocast, whose small gradients would underflow without it; a
-    disabled scaler (a plain ``backward`` and ``step``) otherwise. bf16 has fp32's range."""
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-
-
-def _prepare(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y
-
-
-def train_epoch(model: nn.Module, step_model: nn.Module, batches: Iterable,
-                optimizer: torch.optim.Optimizer, device: torch.device, device_cfg,
-                epoch: int, desc: str, refresh_every: int,
-                scaler: torch.amp.GradScaler | None = None,
+def train_epoch(step: TrainStep, batches: Iterable, epoch: int, desc: str, refresh_every: int,
                 progress: bool = True) -> tuple[float, float]:
-    """One pass over ``batches``; returns (mean cross-entropy, accuracy) of the epoch.
+    """One pass of ``step`` over ``batches``; returns (mean cross-entropy, accuracy) of the epoch.
 
-    ``scaler`` (from :func:`grad_scaler`) must be given for fp16 autocast; it keeps its scale
-    from one epoch to the next. ``progress=False`` hides the progress bar.
+    The running loss is read (and checked for NaN) every ``refresh_every`` steps and at the end;
+    ``progress=False`` hides the progress bar.
     """
-    scaler = scaler or grad_scaler(device, None)
-    model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    step.start_epoch()
     bar = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
-    for step, (x, y) in enumerate(bar, start=1):
-        x, y = _prepare(x, y, device, device_cfg.channels_last)
-        with autocast(device, device_cfg.amp):
-            logits = step_model(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            objective = loss + model.auxiliary_loss(y) if hasattr(model, "auxiliary_loss") else loss
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(objective).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
-        if step % refresh_every == 0:
-            running = loss_sum.item() / seen
-            if not math.isfinite(running):
-                raise DivergedError(epoch, running)
-            bar.set_postfix(loss=f"{running:.4f}", acc=f"{correct.item() / seen:.4f}")
-    mean_loss = loss_sum.item() / seen
-    if not math.isfinite(mean_loss):
-        raise DivergedError(epoch, mean_loss)
-    return mean_loss, correct.item() / seen
+    for n, (x, y) in enumerate(bar, start=1):
+        step(x, y)
+        if n % refresh_every == 0:
+            loss, acc = step.running()
+            if not math.isfinite(loss):
+                raise DivergedError(epoch, loss)
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}")
+    loss, acc = step.running()
+    if not math.isfinite(loss):
+        raise DivergedError(epoch, loss)
+    return loss, acc
 
 
 @torch.no_grad()
@@ -163,7 +126,7 @@ def evaluate(step_model: nn.Module, batches: Iterable, device: torch.device,
     loss_sum = torch.zeros((), device=device)
     preds, targets = [], []
     for x, y in batches:
-        x, y = _prepare(x, y, device, device_cfg.channels_last)
+        x, y = prepare_batch(x, y, device, device_cfg.channels_last)
         with autocast(device, device_cfg.amp):
             logits = step_model(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
@@ -184,22 +147,20 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, splits, trainer_cfg,
     wall time of the training and validation passes only: no data loading, no test pass, no
     logging.
     """
-    step_model = step_model or model
+    step = make_train_step(model, step_model or model, optimizer, device, device_cfg)
     result = result or FitResult()
-    scaler = grad_scaler(device, device_cfg.amp)
     for epoch in range(len(result.history) + 1, trainer_cfg.epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(
-            model, step_model, splits.train, optimizer, device, device_cfg, epoch,
-            desc=f"epoch {epoch}/{trainer_cfg.epochs}", refresh_every=trainer_cfg.log_every_n_steps,
-            scaler=scaler)
-        val = evaluate(step_model, splits.val, device, device_cfg)
+            step, splits.train, epoch, desc=f"epoch {epoch}/{trainer_cfg.epochs}",
+            refresh_every=trainer_cfg.log_every_n_steps)
+        val = evaluate(step.step_model, splits.val, device, device_cfg)
         elapsed = time.perf_counter() - start
         result.train_time_s += elapsed
         row = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val.loss,
                "val_acc": val.acc, "epoch_time_s": elapsed}
         if trainer_cfg.test_every_epoch:
-            test = evaluate(step_model, splits.test, device, device_cfg)
+            test = evaluate(step.step_model, splits.test, device, device_cfg)
             row |= {"test_loss_epoch": test.loss, "test_acc_epoch": test.acc}
         result.history.append(row)
         log.info("epoch %d/%d  train_loss=%.4f train_acc=%.4f val_loss=%.4f val_acc=%.4f (%.1fs)",

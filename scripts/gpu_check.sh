@@ -11,10 +11,10 @@
 #    and prints its size: with the working tree it must stay under the tool's 64 MiB.
 # 2. On the GPU machine, through the device tool, with carry [".gpu"] and timeout_s 600:
 #        bash scripts/gpu_check.sh run
-#    Results go to $OUT (at most 8 files come back): env.txt, bench_b64.md, bench_resnet18_b256.md,
-#    table4.txt, gpu_check.log. Each step has its own time limit and the most important one runs
-#    first: about 7 minutes expected, 9 at most (20 s setup + 270 + 100 + 150 s), which with the
-#    machine's start leaves the 15-minute device budget some room.
+#    Results go to $OUT (at most 8 files come back): env.txt, tests.txt, bench_b64.md,
+#    bench_resnet18_b256.md, table4.txt, sweep.txt, report.tar.gz and gpu_check.log. Each step has
+#    its own time limit: about 7 minutes expected, 9 at most, which with the machine's start
+#    leaves the 15-minute device budget a little room.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 GPU_DIR=.gpu
@@ -110,7 +110,7 @@ for path in sys.argv[1:]:
         print(path)
 EOF
 ) || exit 1
-    if [ -n "$wheels" ]; then
+    if [ -n "$wheels" ] && [ -z "${GPU_CHECK_SMOKE:-}" ]; then  # a smoke run uses its own venv
         # shellcheck disable=SC2086
         $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site $wheels || exit 1
@@ -126,28 +126,48 @@ EOF
 'hydra', hydra.__version__, 'mlflow', mlflow.__version__)"; } > "$OUT/env.txt" 2>&1
     cat "$OUT/env.txt"
 
-    # (a) report, (b) default, (c) fastest at the report's batch size; compile time is the
-    # "overhead s" column.
-    step 270 "benchmark, batch 64" $PY -m mnist_bench.bench --models mlp lenet resnet18 \
-        --repeats 2 --output "$OUT/bench_b64.md"
-    # The issue's ResNet-18 target is at batch 256.
-    step 100 "benchmark, ResNet-18 batch 256" $PY -m mnist_bench.bench --models resnet18 \
-        --paths default fastest --batch-size 256 --repeats 2 \
-        --output "$OUT/bench_resnet18_b256.md"
-    # Table 4 protocol: 3 models x 10 epochs, batch 64, lr 2e-4, validation every epoch, with
-    # the default configs, through the real CLI and MLflow.
-    local t0
+    SMALL_BENCH=() SMALL_CLI=()
+    if [ -n "${GPU_CHECK_SMOKE:-}" ]; then  # a dry run of this script on any machine, in minutes
+        SMALL_BENCH=(--max-train-samples 256 --repeats 1)
+        SMALL_CLI=(trainer.epochs=1 data.max_train_samples=256)
+    fi
+    # 0. The CUDA-graph step trains like the eager step (weights, buffers, metrics).
+    step 60 "CUDA tests" $PY -m pytest -q -p no:cacheprovider tests/test_bench.py -k cuda \
+        2>&1 | tee "$OUT/tests.txt"
+    # 1. (a) report, (b) default, (c) fastest at the report's batch size, and the default
+    # without CUDA graphs; compile/autotune time is the "overhead s" column.
+    step 180 "benchmark, batch 64" $PY -m mnist_bench.bench --models mlp lenet resnet18 \
+        --repeats 3 "${SMALL_BENCH[@]}" --variant 'no graphs: device.cuda_graphs=false' --output "$OUT/bench_b64.md"
+    # 2. The issue's ResNet-18 target is at batch 256 (the report path is left out: 8 s/epoch).
+    step 45 "benchmark, ResNet-18 batch 256" $PY -m mnist_bench.bench --models resnet18 \
+        --paths default fastest --batch-size 256 --repeats 3 "${SMALL_BENCH[@]}" \
+        --variant 'no graphs: device.cuda_graphs=false' --output "$OUT/bench_resnet18_b256.md"
+    # 3. Table 4 protocol: 3 models x 10 epochs, batch 64, lr 2e-4, validation every epoch, with
+    # the default configs, through the real CLI and MLflow; 4. the report's 12-job sweep.
+    cli_sweep 80 "Table 4 protocol" table4 model=mlp,lenet,resnet18
+    cli_sweep 190 "12-job learning-rate sweep" sweep model=mlp,lenet,resnet18 \
+        optimizer.lr=0.02,0.01,0.0002,0.0001
+    # 5. Tables 1-4 and the figures of the sweep, beside the report's numbers.
+    step 30 "report of the sweep" $PY -m mnist_bench.report --all-runs --no-log \
+        --tracking-uri sqlite:////tmp/gpu_check/sweep/mlflow.db --out /tmp/gpu_check/report
+    tar -czf "$OUT/report.tar.gz" -C /tmp/gpu_check report
+}
+
+cli_sweep() {  # cli_sweep SECONDS NAME FILE OVERRIDES...: a multirun of the CLI, timed whole
+    local limit=$1 name=$2 file=$3 t0
+    shift 3
     t0=$(date +%s)
-    step 150 "Table 4 protocol" $PY -m mnist_bench --multirun model=mlp,lenet,resnet18 \
-        tracking.uri=sqlite:////tmp/gpu_check/mlflow.db tracking.log_model=false \
-        hydra.sweep.dir=/tmp/gpu_check/multirun | tee /tmp/gpu_check_table4.log
+    step "$limit" "$name" $PY -m mnist_bench --multirun "$@" "${SMALL_CLI[@]}" tracking.log_model=false \
+        "tracking.uri=sqlite:////tmp/gpu_check/$file/mlflow.db" \
+        "hydra.sweep.dir=/tmp/gpu_check/$file/multirun" | tee "/tmp/gpu_check_$file.log"
     {
-        grep "train_time_s=" /tmp/gpu_check_table4.log
+        echo "command: python -m mnist_bench --multirun $* tracking.log_model=false"
+        grep "train_time_s=" "/tmp/gpu_check_$file.log"
         echo "wall time of the whole multirun (imports, data, MLflow included): $(( $(date +%s) - t0 )) s"
-        grep "train_time_s=" /tmp/gpu_check_table4.log \
+        grep "train_time_s=" "/tmp/gpu_check_$file.log" \
             | sed 's/.*train_time_s=\([0-9.]*\).*/\1/' | awk '{s += $1} END {print "sum of train_time_s:", s, "s"}'
-    } > "$OUT/table4.txt"
-    cat "$OUT/table4.txt"
+    } > "$OUT/$file.txt"
+    cat "$OUT/$file.txt"
 }
 
 case "${1:-}" in

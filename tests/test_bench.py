@@ -16,12 +16,13 @@ from conftest import REPO, run_cli
 from mnist_bench import bench
 from mnist_bench.config import DeviceConf, register_configs
 from mnist_bench.models.lenet import LeNet5
-from mnist_bench.train import (
-    DEFAULT_NUM_THREADS,
-    apply_device_settings,
+from mnist_bench.train import DEFAULT_NUM_THREADS, apply_device_settings, prepare_model, train_epoch
+from mnist_bench.train_step import (
+    CUDAGraphTrainStep,
+    TrainStep,
     grad_scaler,
-    prepare_model,
-    train_epoch,
+    make_train_step,
+    uses_cuda_graphs,
 )
 
 register_configs()
@@ -75,8 +76,10 @@ def test_every_path_composes_to_a_valid_config(model):
     assert report.optimizer.fused is None and report.optimizer.foreach is None
     assert not report.device.compile and report.device.amp is None
     assert report.trainer.eval_batch_size == report.trainer.batch_size == 64
-    assert fastest.device.type == "cuda" and fastest.device.compile
-    assert fastest.device.compile_mode == "reduce-overhead" and fastest.optimizer.fused
+    assert not report.device.cuda_graphs
+    assert fastest.device.type == "cuda" and fastest.device.cuda_graphs
+    assert not fastest.device.compile and fastest.device.amp == "bf16"
+    assert fastest.device.channels_last and fastest.optimizer.fused
     assert cfgs["default"].data.loader == "tensor"
     assert cfgs["t1"].device.num_threads == 1
 
@@ -144,9 +147,9 @@ def test_train_epoch_runs_every_autocast_setting(amp):
     x, y = torch.rand(96, 1, 28, 28), torch.randint(0, 10, (96,))
     batches = [(x[:64], y[:64]), (x[64:], y[64:])]
     before = [p.detach().clone() for p in model.parameters()]
-    loss, acc = train_epoch(model, step_model, batches, optimizer, cpu, cfg, epoch=1, desc="t",
-                            refresh_every=1, scaler=grad_scaler(cpu, amp), progress=False)
-    assert loss > 0 and 0 <= acc <= 1
+    step = make_train_step(model, step_model, optimizer, cpu, cfg)
+    loss, acc = train_epoch(step, batches, epoch=1, desc="t", refresh_every=1, progress=False)
+    assert loss > 0 and 0 <= acc <= 1 and step.seen == 96
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
@@ -156,3 +159,73 @@ def test_device_configs_compose():
         cfg = bench.compose_config([f"device={option}"])
         assert cfg.device.type == option
     assert (REPO / "conf" / "device" / "cuda.yaml").is_file()
+
+
+def test_cuda_graphs_apply_on_cuda_only_and_not_with_compile_or_fp16(caplog):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # no CUDA call: a decision table
+    assert uses_cuda_graphs(cuda, device_cfg(cuda_graphs=True))
+    assert uses_cuda_graphs(cuda, device_cfg(cuda_graphs=True, amp="bf16"))
+    assert not uses_cuda_graphs(cuda, device_cfg(cuda_graphs=False))
+    assert not uses_cuda_graphs(cpu, device_cfg(cuda_graphs=True))
+    with caplog.at_level("INFO"):
+        assert not uses_cuda_graphs(cuda, device_cfg(cuda_graphs=True, compile=True))
+        assert not uses_cuda_graphs(cuda, device_cfg(cuda_graphs=True, amp="fp16"))
+    assert "device.compile=true" in caplog.text and "device.amp=bf16" in caplog.text
+    model = LeNet5()
+    step = make_train_step(model, model, torch.optim.Adam(model.parameters()), cpu,
+                           device_cfg(cuda_graphs=True))
+    assert type(step) is TrainStep
+
+
+def test_cuda_default_configs_turn_cuda_graphs_on():
+    for option in ("auto", "cuda"):
+        assert bench.compose_config([f"device={option}"]).device.cuda_graphs
+    report = bench.compose_config(list(bench.REPORT_OVERRIDES))
+    assert not report.device.cuda_graphs and not report.optimizer.fused
+
+
+def train_steps(step_kind: type[TrainStep], model_fn, cfg, batches) -> tuple[TrainStep, list]:
+    """Train a fresh ``model_fn()`` with ``step_kind`` for two epochs over ``batches``; return
+    the step, the final state (weights and buffers) and the last epoch's loss and accuracy."""
+    torch.manual_seed(0)
+    cuda = torch.device("cuda")
+    model, step_model = prepare_model(model_fn(), cuda, cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    step = step_kind(model, step_model, optimizer, cuda, cfg)
+    for epoch in (1, 2):
+        metrics = train_epoch(step, batches, epoch, desc="t", refresh_every=4, progress=False)
+    return step, [t.detach().float().cpu() for t in model.state_dict().values()], metrics
+
+
+@pytest.fixture
+def deterministic_cudnn():
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model_name", ["lenet", "resnet18"])
+@pytest.mark.parametrize("amp", [None, "bf16"])
+def test_cuda_graph_step_trains_like_the_eager_step(model_name, amp, deterministic_cudnn):
+    """Same start, same batches (with a last, partial one): same weights, buffers and metrics.
+
+    ResNet-18 with the small stem: the default stem's max-pool has no deterministic backward.
+    """
+    from mnist_bench.models.resnet import resnet18_mnist
+
+    model_fn = {"lenet": lambda: LeNet5(activation="relu"),
+                "resnet18": lambda: resnet18_mnist(stem="small")}[model_name]
+    cfg = device_cfg(amp=amp, channels_last=amp is not None, cuda_graphs=True)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8 * 32 + 10, 1, 28, 28, generator=gen), torch.randint(0, 10, (266,))
+    batches = [(x[i:i + 32].cuda(), y[i:i + 32].cuda()) for i in range(0, len(y), 32)]
+    _, eager_state, eager_metrics = train_steps(TrainStep, model_fn, cfg, batches)
+    graphed, graphed_state, graphed_metrics = train_steps(CUDAGraphTrainStep, model_fn, cfg,
+                                                          batches)
+    assert graphed.graph is not None and graphed.eager_steps == 3 + 2  # warm-up + 2 partial
+    tol = 2e-4 if amp is None else 2e-2
+    for a, b in zip(eager_state, graphed_state, strict=True):
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+    assert graphed_metrics == pytest.approx(eager_metrics, rel=tol)

@@ -77,3 +77,14 @@ def test_tensor_batches_cover_every_sample_once_per_epoch():
     assert seen.tolist() != list(range(10))  # shuffled
     for xb, yb in batches:
         assert torch.equal(xb.view(-1).long(), yb)  # images stay paired with labels
+
+
+def test_tensor_batches_follow_the_generator_permutation():
+    """Batches are reproducible: those of indexing with ``randperm`` of the same generator."""
+    x, y = torch.rand(10, 1, 2, 2), torch.arange(10)
+    batches = TensorBatches(x, y, batch_size=4, shuffle=True,
+                            generator=torch.Generator().manual_seed(3))
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(3))
+    for (xb, yb), start in zip(batches, (0, 4, 8), strict=True):
+        idx = order[start:start + 4]
+        assert torch.equal(xb, x[idx]) and torch.equal(yb, y[idx])

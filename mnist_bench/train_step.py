@@ -1,0 +1,161 @@
+"""One optimisation step, eager or replayed as a CUDA graph.
+
+A step is forward, cross-entropy, backward, the optimizer update and the epoch's running sums of
+loss and correct predictions, which stay on the device and are read once per progress refresh.
+On a GPU these small networks are bound by kernel launches, not arithmetic: a ResNet-18 step is
+a few hundred tiny kernels. :class:`CUDAGraphTrainStep` captures the whole step once and then
+launches it as one graph per batch (PyTorch's "whole-network capture", ``torch.cuda.graphs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def autocast(device: torch.device, amp: str | None,
+             cache_enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 or fp16 autocast, or nothing for fp32. A graph capture needs ``cache_enabled=False``."""
+    if amp is None:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)
+
+
+def grad_scaler(device: torch.device, amp: str | None) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 autocast, whose small gradients would underflow without it; a
+    disabled scaler (a plain ``backward`` and ``step``) otherwise. bf16 has fp32's range."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def prepare_batch(x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                  channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+class TrainStep:
+    """Trains ``model`` on one batch per call and sums the epoch's loss and hits on the device.
+
+    ``step_model`` runs the forward pass: ``model`` itself or its ``torch.compile`` wrapper. The
+    fp16 loss scaler lives here so that its scale carries over from one epoch to the next.
+    """
+
+    autocast_cache = True
+
+    def __init__(self, model: nn.Module, step_model: nn.Module,
+                 optimizer: torch.optim.Optimizer, device: torch.device, device_cfg) -> None:
+        self.model, self.step_model, self.optimizer = model, step_model, optimizer
+        self.device, self.amp, self.channels_last = device, device_cfg.amp, device_cfg.channels_last
+        self.scaler = grad_scaler(device, device_cfg.amp)
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+
+    def start_epoch(self) -> None:
+        self.model.train()
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.seen = 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = prepare_batch(x, y, self.device, self.channels_last)
+        self.run(x, y)
+        self.seen += len(y)
+
+    def run(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The step's arithmetic; no host synchronisation, so that it can be captured."""
+        with autocast(self.device, self.amp, self.autocast_cache):
+            logits = self.step_model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            aux = getattr(self.model, "auxiliary_loss", None)
+            objective = loss + aux(y) if aux is not None else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(objective).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.loss_sum += loss.detach() * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+
+    def running(self) -> tuple[float, float]:
+        """Mean loss and accuracy of the epoch so far (one host synchronisation)."""
+        return self.loss_sum.item() / self.seen, self.correct.item() / self.seen
+
+
+class CUDAGraphTrainStep(TrainStep):
+    """:class:`TrainStep` replayed as one CUDA graph per batch.
+
+    The first ``warmup_steps`` batches train eagerly on a side stream, as capture requires: they
+    let cuDNN pick its kernels and the optimizer create its state. The next full batch is
+    captured and every later batch of that shape replays the graph after copying itself into the
+    graph's input tensors. A batch of another shape (an epoch's last, partial batch) trains
+    eagerly. Every batch trains exactly once, so the result is that of eager training.
+    """
+
+    autocast_cache = False  # autocast's weight cache cannot live across graph replays
+    warmup_steps = 3
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for group in self.optimizer.param_groups:  # Adam/AdamW: keep the step count on the GPU
+            if "capturable" in group:
+                group["capturable"] = True
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_x = self.static_y = None
+        self.eager_steps = 0
+
+    def run(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.graph is None and self.eager_steps >= self.warmup_steps:
+            self._capture(x, y)
+        if self.graph is not None and x.shape == self.static_x.shape:
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+            self.graph.replay()
+            return
+        self.eager_steps += 1
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side), warnings.catch_warnings():
+            # capturable=True is slower outside a graph; it is only so for a few batches
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
+            super().run(x, y)
+        current.wait_stream(side)
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.static_x, self.static_y = torch.empty_like(x), torch.empty_like(y)
+        self.optimizer.zero_grad(set_to_none=True)  # the graph allocates its own gradients
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            super().run(self.static_x, self.static_y)
+        log.debug("captured the training step as a CUDA graph for batches of shape %s",
+                  tuple(x.shape))
+
+
+def uses_cuda_graphs(device: torch.device, device_cfg) -> bool:
+    """Whether ``device.cuda_graphs`` applies: on CUDA, unless another setting rules it out."""
+    if not device_cfg.cuda_graphs or device.type != "cuda":
+        return False
+    if device_cfg.compile:
+        log.info("device.cuda_graphs ignored: device.compile=true compiles the model instead "
+                 "(compile_mode=reduce-overhead gives it CUDA graphs of its own)")
+        return False
+    if device_cfg.amp == "fp16":
+        log.info("device.cuda_graphs ignored: fp16 loss scaling checks for overflow on the host "
+                 "after every step; use device.amp=bf16 to keep the graphs")
+        return False
+    return True
+
+
+def make_train_step(model: nn.Module, step_model: nn.Module, optimizer: torch.optim.Optimizer,
+                    device: torch.device, device_cfg) -> TrainStep:
+    kind = CUDAGraphTrainStep if uses_cuda_graphs(device, device_cfg) else TrainStep
+    return kind(model, step_model, optimizer, device, device_cfg)
