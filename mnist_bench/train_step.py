@@ -50,10 +50,14 @@ class TrainStep:
     """
 
     autocast_cache = True
+    capturable = False  # Adam's graph-safe mode, slower outside a graph
 
     def __init__(self, model: nn.Module, step_model: nn.Module,
                  optimizer: torch.optim.Optimizer, device: torch.device, device_cfg) -> None:
         self.model, self.step_model, self.optimizer = model, step_model, optimizer
+        for group in optimizer.param_groups:  # Adam/AdamW; also resets a GPU checkpoint's flag
+            if "capturable" in group:
+                group["capturable"] = self.capturable
         self.device, self.amp, self.channels_last = device, device_cfg.amp, device_cfg.channels_last
         self.scaler = grad_scaler(device, device_cfg.amp)
         self.loss_sum = torch.zeros((), device=device)
@@ -101,13 +105,12 @@ class CUDAGraphTrainStep(TrainStep):
     """
 
     autocast_cache = False  # autocast's weight cache cannot live across graph replays
+    capturable = True  # Adam keeps its step count on the GPU and reads no host value
     warmup_steps = 3
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        for group in self.optimizer.param_groups:  # Adam/AdamW: keep the step count on the GPU
-            if "capturable" in group:
-                group["capturable"] = True
+        self.side_stream = torch.cuda.Stream(self.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_x = self.static_y = None
         self.eager_steps = 0
@@ -122,13 +125,12 @@ class CUDAGraphTrainStep(TrainStep):
             return
         self.eager_steps += 1
         current = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side), warnings.catch_warnings():
+        self.side_stream.wait_stream(current)
+        with torch.cuda.stream(self.side_stream), warnings.catch_warnings():
             # capturable=True is slower outside a graph; it is only so for a few batches
             warnings.filterwarnings("ignore", message=".*capturable=True.*")
             super().run(x, y)
-        current.wait_stream(side)
+        current.wait_stream(self.side_stream)
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.static_x, self.static_y = torch.empty_like(x), torch.empty_like(y)

@@ -177,6 +177,16 @@ def test_cuda_graphs_apply_on_cuda_only_and_not_with_compile_or_fp16(caplog):
     assert type(step) is TrainStep
 
 
+def test_an_eager_step_clears_adams_capturable_flag():
+    """A checkpoint written by a CUDA-graph run (capturable=True) resumes on the CPU."""
+    torch.manual_seed(0)
+    model = LeNet5()
+    optimizer = torch.optim.Adam(model.parameters(), capturable=True)
+    step = make_train_step(model, model, optimizer, torch.device("cpu"), device_cfg())
+    step(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))  # capturable=True raises on CPU
+    assert not optimizer.param_groups[0]["capturable"] and step.seen == 8
+
+
 def test_cuda_default_configs_turn_cuda_graphs_on():
     for option in ("auto", "cuda"):
         assert bench.compose_config([f"device={option}"]).device.cuda_graphs
