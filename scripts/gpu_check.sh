@@ -119,7 +119,9 @@ EOF
         $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site $wheels || exit 1
     fi
-    export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+    # (the training loop's progress bars stay on: TQDM_DISABLE does not reach a bar whose
+    # disable= is passed explicitly, and the log reads fine once its carriage returns are split)
+    export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
     export MNIST_DATA_ROOT=/tmp/mnist
     mkdir -p "$MNIST_DATA_ROOT/MNIST/raw"
     for f in "$GPU_DIR"/data/*.gz; do
