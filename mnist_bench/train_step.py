@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 
 import torch
 from torch import nn
@@ -97,11 +96,12 @@ class TrainStep:
 class CUDAGraphTrainStep(TrainStep):
     """:class:`TrainStep` replayed as one CUDA graph per batch.
 
-    The first ``warmup_steps`` batches train eagerly on a side stream, as capture requires: they
-    let cuDNN pick its kernels and the optimizer create its state. The next full batch is
-    captured and every later batch of that shape replays the graph after copying itself into the
-    graph's input tensors. A batch of another shape (an epoch's last, partial batch) trains
-    eagerly. Every batch trains exactly once, so the result is that of eager training.
+    The first ``warmup_steps`` batches of the first batch's shape train eagerly on a side
+    stream, as capture requires: they let cuDNN pick its kernels and the optimizer create its
+    state. The next batch of that shape is captured, and every later one replays the graph after
+    copying itself into the graph's input tensors. A batch of another shape (an epoch's last,
+    partial batch) trains eagerly. Every batch trains exactly once, so the result is that of
+    eager training.
     """
 
     autocast_cache = False  # autocast's weight cache cannot live across graph replays
@@ -110,25 +110,32 @@ class CUDAGraphTrainStep(TrainStep):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        for param, state in self.optimizer.state.items():
+            # A resumed checkpoint of an eager, unfused Adam keeps its step count on the host,
+            # which capturable Adam refuses.
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(param.device, torch.float32)
         self.side_stream = torch.cuda.Stream(self.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_x = self.static_y = None
-        self.eager_steps = 0
+        self.graph_shape: torch.Size | None = None  # the first batch's shape
+        self.warm_steps = self.eager_steps = 0
 
     def run(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if self.graph is None and self.eager_steps >= self.warmup_steps:
-            self._capture(x, y)
-        if self.graph is not None and x.shape == self.static_x.shape:
+        self.graph_shape = self.graph_shape or x.shape
+        if x.shape == self.graph_shape and self.warm_steps >= self.warmup_steps:
+            if self.graph is None:
+                self._capture(x, y)
             self.static_x.copy_(x)
             self.static_y.copy_(y)
             self.graph.replay()
             return
+        if x.shape == self.graph_shape:
+            self.warm_steps += 1
         self.eager_steps += 1
         current = torch.cuda.current_stream(self.device)
         self.side_stream.wait_stream(current)
-        with torch.cuda.stream(self.side_stream), warnings.catch_warnings():
-            # capturable=True is slower outside a graph; it is only so for a few batches
-            warnings.filterwarnings("ignore", message=".*capturable=True.*")
+        with torch.cuda.stream(self.side_stream):
             super().run(x, y)
         current.wait_stream(self.side_stream)
 

@@ -13,7 +13,7 @@
 #        bash scripts/gpu_check.sh run
 #    Results go to $OUT (at most 8 files come back): env.txt, tests.txt, bench_b64.md,
 #    bench_resnet18_b256.md, table4.txt, sweep.txt, report.tar.gz and gpu_check.log. Each step has
-#    its own time limit (595 s in all). On one H100 (2026-11-26) the steps took 20, ~180, 36, 46,
+#    its own time limit (595 s in all). On one H100 (2026-11-26) the six steps took 20, ~180, 36, 46,
 #    123 and 20 s: about 7.5 minutes, plus about 30 s to start the machine. The first run's
 #    benchmark limit (180 s) was too short by a few seconds; the limits here are the measured
 #    times with some room. docs/results/gpu_h100/ holds that run's files.

@@ -1,4 +1,6 @@
-"""The benchmark runs and reports a speedup; the CUDA-only code paths are right by construction.
+"""The benchmark runs and reports a speedup; the CUDA-only code paths are checked on the CPU
+where they can be (configs, decisions, autocast) and by CUDA-only tests where they cannot (the
+CUDA-graph step; these ran on an H100, docs/results/gpu_h100/tests.txt).
 
 These are not timed tests: no assertion here depends on how fast anything is.
 """
@@ -177,24 +179,29 @@ def test_cuda_graphs_apply_on_cuda_only_and_not_with_compile_or_fp16(caplog):
     assert type(step) is TrainStep
 
 
-def test_an_eager_step_clears_adams_capturable_flag():
-    """A checkpoint written by a CUDA-graph run (capturable=True) resumes on the CPU."""
+def test_a_cuda_graph_runs_checkpoint_resumes_with_eager_steps():
+    """An optimizer state saved by a CUDA-graph run (capturable=True) loads and trains on the
+    CPU: the eager step clears the flag, which Adam refuses on the CPU."""
     torch.manual_seed(0)
     model = LeNet5()
-    optimizer = torch.optim.Adam(model.parameters(), capturable=True)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    saved = torch.optim.Adam(model.parameters(), capturable=True)
+    optimizer = torch.optim.Adam(model.parameters())
+    optimizer.load_state_dict(saved.state_dict())
+    assert optimizer.param_groups[0]["capturable"]
     step = make_train_step(model, model, optimizer, torch.device("cpu"), device_cfg())
-    step(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))  # capturable=True raises on CPU
+    step(x, y)  # raises "If capturable=True, params and state_steps must be on ..." without it
     assert not optimizer.param_groups[0]["capturable"] and step.seen == 8
 
 
 def test_cuda_default_configs_turn_cuda_graphs_on():
     for option in ("auto", "cuda"):
         assert bench.compose_config([f"device={option}"]).device.cuda_graphs
-    report = bench.compose_config(list(bench.REPORT_OVERRIDES))
-    assert not report.device.cuda_graphs and not report.optimizer.fused
+    assert not bench.compose_config(["device=cpu"]).device.cuda_graphs
 
 
-def train_steps(step_kind: type[TrainStep], model_fn, cfg, batches) -> tuple[TrainStep, list]:
+def train_steps(step_kind: type[TrainStep], model_fn, cfg,
+                batches) -> tuple[TrainStep, list[torch.Tensor], tuple[float, float]]:
     """Train a fresh ``model_fn()`` with ``step_kind`` for two epochs over ``batches``; return
     the step, the final state (weights and buffers) and the last epoch's loss and accuracy."""
     torch.manual_seed(0)
@@ -239,3 +246,19 @@ def test_cuda_graph_step_trains_like_the_eager_step(model_name, amp, determinist
     for a, b in zip(eager_state, graphed_state, strict=True):
         torch.testing.assert_close(b, a, rtol=tol, atol=tol)
     assert graphed_metrics == pytest.approx(eager_metrics, rel=tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_step_resumes_an_unfused_adam_state():
+    """Unfused, uncapturable Adam keeps its step count on the host; the graphed step moves it."""
+    torch.manual_seed(0)
+    cuda = torch.device("cuda")
+    model = LeNet5().to(cuda)
+    optimizer = torch.optim.Adam(model.parameters(), fused=False, foreach=False)
+    x, y = torch.rand(16, 1, 28, 28, device=cuda), torch.randint(0, 10, (16,), device=cuda)
+    TrainStep(model, model, optimizer, cuda, device_cfg())(x, y)
+    assert next(iter(optimizer.state.values()))["step"].device.type == "cpu"
+    step = CUDAGraphTrainStep(model, model, optimizer, cuda, device_cfg(cuda_graphs=True))
+    for _ in range(step.warmup_steps + 2):
+        step(x, y)
+    assert step.graph is not None and step.seen == 16 * (step.warmup_steps + 2)
