@@ -108,10 +108,13 @@ def train_epoch(step: TrainStep, batches: Iterable, epoch: int, desc: str, refre
     for n, (x, y) in enumerate(bar, start=1):
         step(x, y)
         if n % refresh_every == 0:
-            loss, acc = step.running()
-            if not math.isfinite(loss):
-                raise DivergedError(epoch, loss)
+            loss, acc = checked_running(step, epoch)
             bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}")
+    return checked_running(step, epoch)
+
+
+def checked_running(step: TrainStep, epoch: int) -> tuple[float, float]:
+    """The epoch's running loss and accuracy; :class:`DivergedError` if the loss is not finite."""
     loss, acc = step.running()
     if not math.isfinite(loss):
         raise DivergedError(epoch, loss)
