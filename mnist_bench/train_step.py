@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -142,11 +143,18 @@ class CUDAGraphTrainStep(TrainStep):
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.static_x, self.static_y = torch.empty_like(x), torch.empty_like(y)
         self.optimizer.zero_grad(set_to_none=True)  # the graph allocates its own gradients
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            super().run(self.static_x, self.static_y)
+        eager_run = super().run
+        self.graph = self._record(lambda: eager_run(self.static_x, self.static_y))
         log.debug("captured the training step as a CUDA graph for batches of shape %s",
                   tuple(x.shape))
+
+    @staticmethod
+    def _record(step: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        """A graph whose ``replay()`` runs ``step``'s kernels again; capturing runs none of them."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        return graph
 
 
 def uses_cuda_graphs(device: torch.device, device_cfg) -> bool:

@@ -1,12 +1,14 @@
 """The benchmark runs and reports a speedup; the CUDA-only code paths are checked on the CPU
-where they can be (configs, decisions, autocast) and by CUDA-only tests where they cannot (the
-CUDA-graph step; these ran on an H100, docs/results/gpu_h100/tests.txt).
+where they can be (configs, decisions, autocast, the CUDA-graph step's schedule with a stand-in
+graph) and by CUDA-only tests where they cannot (the real capture and replay; these ran on an
+H100, docs/results/gpu_h100/tests.txt).
 
 These are not timed tests: no assertion here depends on how fast anything is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
 
@@ -200,18 +202,76 @@ def test_cuda_default_configs_turn_cuda_graphs_on():
     assert not bench.compose_config(["device=cpu"]).device.cuda_graphs
 
 
-def train_steps(step_kind: type[TrainStep], model_fn, cfg,
-                batches) -> tuple[TrainStep, list[torch.Tensor], tuple[float, float]]:
+def train_steps(step_kind: type[TrainStep], model_fn, cfg, batches,
+                device: str = "cuda") -> tuple[TrainStep, list[torch.Tensor], tuple[float, float]]:
     """Train a fresh ``model_fn()`` with ``step_kind`` for two epochs over ``batches``; return
     the step, the final state (weights and buffers) and the last epoch's loss and accuracy."""
     torch.manual_seed(0)
-    cuda = torch.device("cuda")
-    model, step_model = prepare_model(model_fn(), cuda, cfg)
+    model, step_model = prepare_model(model_fn(), torch.device(device), cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    step = step_kind(model, step_model, optimizer, cuda, cfg)
+    step = step_kind(model, step_model, optimizer, torch.device(device), cfg)
     for epoch in (1, 2):
         metrics = train_epoch(step, batches, epoch, desc="t", refresh_every=4, progress=False)
     return step, [t.detach().float().cpu() for t in model.state_dict().values()], metrics
+
+
+def random_batches(device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Eight batches of 32 random images and a last, partial batch of 10."""
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8 * 32 + 10, 1, 28, 28, generator=gen), torch.randint(0, 10, (266,))
+    return [(x[i:i + 32].to(device), y[i:i + 32].to(device)) for i in range(0, len(y), 32)]
+
+
+class StandInGraph:
+    """A CUDA graph's stand-in on the CPU: ``replay()`` runs the recorded step eagerly."""
+
+    def __init__(self, step) -> None:
+        self.step, self.replays = step, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.step()
+
+
+class StandInGraphStep(CUDAGraphTrainStep):
+    """The CUDA-graph step's own schedule (warm-up, capture, static inputs, eager partial
+    batches), with the recording swapped for :class:`StandInGraph`."""
+
+    capturable = False  # Adam refuses capturable=True on the CPU
+    _record = staticmethod(StandInGraph)
+
+
+@pytest.fixture
+def cpu_streams(monkeypatch):
+    """``torch.cuda``'s stream calls as no-ops on the CPU."""
+
+    class Stream:
+        def __init__(self, *args) -> None:
+            pass
+
+        def wait_stream(self, other) -> None:
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+
+
+def test_cuda_graph_step_schedule_trains_every_batch_once(cpu_streams):
+    """On the CPU, with a stand-in graph: 3 eager warm-up steps, one capture, replays on the
+    static inputs for every later full batch, the partial batches eager, and exactly the
+    weights and metrics of the eager step. A batch trained twice, skipped, or replayed on
+    stale inputs would change the weights."""
+    batches = random_batches("cpu")
+    cfg = device_cfg(cuda_graphs=True)
+    _, eager_state, eager_metrics = train_steps(TrainStep, LeNet5, cfg, batches, "cpu")
+    graphed, graphed_state, graphed_metrics = train_steps(StandInGraphStep, LeNet5, cfg, batches,
+                                                          "cpu")
+    assert graphed.eager_steps == 3 + 2  # warm-up + the partial batch of each epoch
+    assert graphed.graph.replays == 2 * 8 - 3
+    for a, b in zip(eager_state, graphed_state, strict=True):
+        assert torch.equal(a, b)
+    assert graphed_metrics == eager_metrics
 
 
 @pytest.fixture
@@ -235,9 +295,7 @@ def test_cuda_graph_step_trains_like_the_eager_step(model_name, amp, determinist
     model_fn = {"lenet": lambda: LeNet5(activation="relu"),
                 "resnet18": lambda: resnet18_mnist(stem="small")}[model_name]
     cfg = device_cfg(amp=amp, channels_last=amp is not None, cuda_graphs=True)
-    gen = torch.Generator().manual_seed(1)
-    x, y = torch.rand(8 * 32 + 10, 1, 28, 28, generator=gen), torch.randint(0, 10, (266,))
-    batches = [(x[i:i + 32].cuda(), y[i:i + 32].cuda()) for i in range(0, len(y), 32)]
+    batches = random_batches("cuda")
     _, eager_state, eager_metrics = train_steps(TrainStep, model_fn, cfg, batches)
     graphed, graphed_state, graphed_metrics = train_steps(CUDAGraphTrainStep, model_fn, cfg,
                                                           batches)
