@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 
 from mnist_bench.cli import CONF_DIR
 from mnist_bench.config import DEVICE_TYPES, MODEL_SCHEMAS, build, config_problems, register_configs
-from mnist_bench.data import MNISTSplits, build_splits
+from mnist_bench.data import DataError, MNISTSplits, build_splits
 from mnist_bench.train import (
     apply_device_settings,
     evaluate,
@@ -254,28 +254,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also write the results to FILE: .csv for CSV, else markdown")
     parser.add_argument("--progress", action="store_true", help="show tqdm progress bars")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.batch_size < 1:
-        parser.error("--repeats and --batch-size must be >= 1")
+    sizes = [args.repeats, args.batch_size]
+    if args.max_train_samples is not None:
+        sizes.append(args.max_train_samples)
+    if min(sizes) < 1:
+        parser.error("--repeats, --batch-size and --max-train-samples must be >= 1")
+    names = [name for name, _ in args.variant]
+    taken = sorted({name for name in names if name in PATHS or names.count(name) > 1})
+    if taken:
+        parser.error(f"--variant names must differ from each other and from the paths "
+                     f"({', '.join(PATHS)}): {', '.join(taken)}")
     return args
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
     args = parse_args(argv)
     register_configs()
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as err:
+        raise SystemExit(str(err).replace("device=", "--device ")) from None
     if args.paths is None:
         args.paths = list(PATHS if device.type == "cuda" else PATHS[:2])
     if "fastest" in args.paths and device.type != "cuda":
         raise SystemExit("the fastest path needs CUDA (it uses CUDA graphs)")
-    if not args.paths and not args.variant:
-        raise SystemExit("nothing to time: give --paths or --variant")
-    first_path = args.paths[0] if args.paths else args.variant[0][0]
     rows = []
     for model in args.models:
-        rows += bench_model(args, model, device)
+        try:
+            rows += bench_model(args, model, device)
+        except DataError as err:
+            raise SystemExit(str(err).replace("data.root=", "--data-root ")) from None
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    table = markdown(rows, describe_machine(device), first_path)
+    table = markdown(rows, describe_machine(device), args.paths[0])
     print(table, end="")
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ DATA_LOADERS = ("tensor", "torch")
 NORMALIZATIONS = ("unit", "standard")
 DEVICE_TYPES = ("auto", "cpu", "cuda", "mps")
 AMP_DTYPES = ("bf16", "fp16")
+MAX_SEED = 2**32 - 1  # numpy's limit
 
 
 @dataclass
@@ -174,7 +175,15 @@ def _check_against_schema(node: Any, schemas: dict[str, type], key: str) -> list
     return _missing_problems(sorted(f"{key}.{k}" for k in OmegaConf.missing_keys(merged)))
 
 
+def compile_modes() -> list[str]:
+    """The ``torch.compile`` modes of the installed torch (they vary between releases)."""
+    import torch._inductor  # already imported with torchvision; torch.compile documents this call
+
+    return sorted(torch._inductor.list_mode_options())
+
+
 def _range_problems(cfg: DictConfig) -> list[str]:
+    modes = compile_modes()
     checks: list[tuple[str, Any, bool, str]] = [
         ("trainer.epochs", cfg.trainer.epochs, cfg.trainer.epochs >= 1, "an integer >= 1"),
         ("trainer.batch_size", cfg.trainer.batch_size, cfg.trainer.batch_size >= 1,
@@ -196,6 +205,16 @@ def _range_problems(cfg: DictConfig) -> list[str]:
          f"one of {', '.join(DEVICE_TYPES)}"),
         ("device.amp", cfg.device.amp, cfg.device.amp is None or cfg.device.amp in AMP_DTYPES,
          f"null or one of {', '.join(AMP_DTYPES)}"),
+        ("device.compile_mode", cfg.device.compile_mode,
+         cfg.device.compile_mode is None or cfg.device.compile_mode in modes,
+         f"null or one of {', '.join(modes)}"),
+        ("device.num_threads", cfg.device.num_threads,
+         cfg.device.num_threads is None or cfg.device.num_threads >= 1,
+         "null (all cores) or an integer >= 1"),
+        ("trainer.seed", cfg.trainer.seed, 0 <= cfg.trainer.seed <= MAX_SEED,
+         f"an integer in 0..{MAX_SEED}"),
+        ("trainer.log_every_n_steps", cfg.trainer.log_every_n_steps,
+         cfg.trainer.log_every_n_steps >= 1, "an integer >= 1"),
     ]
     return [f"{key}={value!r}: must be {allowed}" for key, value, ok, allowed in checks if not ok]
 

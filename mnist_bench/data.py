@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import socket
 from collections.abc import Iterator
@@ -22,9 +23,13 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from mnist_bench.config import MNIST_TRAIN_SIZE
+
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-DOWNLOAD_TIMEOUT_S = 20.0  # per socket operation: an unreachable mirror fails, never hangs
+DOWNLOAD_TIMEOUT_S = 20.0  # per socket operation: a stalled mirror fails (DNS is not bounded)
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ def raw_dir(root: str | Path) -> Path:
 def missing_data_message(root: str | Path, reason: str) -> str:
     files = "\n".join(f"    {f.name}" for f in RAW_FILES)
     return (
-        f"MNIST not found and could not be downloaded ({reason}).\n"
+        f"MNIST could not be loaded or downloaded ({reason}).\n"
         f"Expected the four raw MNIST files (uncompressed, torchvision's layout) in\n"
         f"    {raw_dir(root)}\n"
         f"namely\n{files}\n"
@@ -88,7 +93,8 @@ def _file_problem(path: Path, spec: RawFile, check_md5: bool) -> str | None:
         return "file is empty (0 bytes)"
     if size < spec.header_size:
         return f"file is truncated ({size} bytes, shorter than the IDX header)"
-    header = path.read_bytes()[: spec.header_size]
+    with path.open("rb") as fh:
+        header = fh.read(spec.header_size)
     magic, count = int.from_bytes(header[0:4], "big"), int.from_bytes(header[4:8], "big")
     if magic != spec.magic:
         kind = "images (2051)" if spec.magic == IMAGE_MAGIC else "labels (2049)"
@@ -170,25 +176,29 @@ def scale_images(images: torch.Tensor, normalize: str) -> torch.Tensor:
 
 
 class TensorBatches:
-    """Shuffled mini-batches indexed from tensors that already live on the training device."""
+    """Shuffled mini-batches indexed from tensors that already live on the training device.
+
+    ``drop_last`` leaves out a last, partial batch, as ``DataLoader(drop_last=True)`` does.
+    """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, drop_last: bool = False) -> None:
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
-        self.generator = generator
+        self.generator, self.drop_last = generator, drop_last
 
     def __len__(self) -> int:
-        return math.ceil(len(self.y) / self.batch_size)
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.y)
+        starts = range(0, len(self) * self.batch_size, self.batch_size)
         if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.x.device)
-            for start in range(0, n, self.batch_size):
+            order = torch.randperm(len(self.y), generator=self.generator).to(self.x.device)
+            for start in starts:
                 idx = order[start : start + self.batch_size]
                 yield self.x[idx], self.y[idx]
         else:
-            for start in range(0, n, self.batch_size):
+            for start in starts:
                 stop = start + self.batch_size
                 yield self.x[start:stop], self.y[start:stop]
 
@@ -214,18 +224,33 @@ def build_splits(data_cfg, batch_size: int, eval_batch_size: int, device: torch.
     """Verify the raw files, load MNIST and return train/validation/test batch iterables."""
     ensure_mnist(data_cfg.root, check_md5=data_cfg.verify_md5)
     generator = torch.Generator().manual_seed(seed)
-    train_idx, val_idx = split_indices(60_000, data_cfg.val_size, data_cfg.split_seed)
+    train_idx, val_idx = split_indices(MNIST_TRAIN_SIZE, data_cfg.val_size, data_cfg.split_seed)
     if data_cfg.max_train_samples:
         train_idx = train_idx[: data_cfg.max_train_samples]
+    drop_last = drops_single_image(len(train_idx), batch_size)
     if data_cfg.loader == "torch":
         return _dataloader_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size,
-                                  generator)
+                                  generator, drop_last)
     return _tensor_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size, device,
-                          generator)
+                          generator, drop_last)
+
+
+def drops_single_image(n_train: int, batch_size: int) -> bool:
+    """Whether each training epoch leaves out its last image.
+
+    A last batch of one image cannot train a network whose BatchNorm sees a 1x1 map (ResNet-18
+    and GoogLeNet here: "Expected more than 1 value per channel"), so it is dropped, as
+    ``drop_last`` would. The shuffle changes which image that is every epoch.
+    """
+    if n_train % batch_size != 1 or n_train == 1:
+        return False
+    log.info("%d training images in batches of %d leave a last batch of one image: each epoch "
+             "leaves out its last shuffled image", n_train, batch_size)
+    return True
 
 
 def _tensor_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size, device,
-                   generator) -> MNISTSplits:
+                   generator, drop_last: bool) -> MNISTSplits:
     train_set = load_mnist(data_cfg.root, train=True)
     test_set = load_mnist(data_cfg.root, train=False)
 
@@ -236,7 +261,8 @@ def _tensor_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size, de
     x_val, y_val = on_device(train_set.data[val_idx], train_set.targets[val_idx])
     x_test, y_test = on_device(test_set.data, test_set.targets)
     return MNISTSplits(
-        train=TensorBatches(x_train, y_train, batch_size, shuffle=True, generator=generator),
+        train=TensorBatches(x_train, y_train, batch_size, shuffle=True, generator=generator,
+                            drop_last=drop_last),
         val=TensorBatches(x_val, y_val, eval_batch_size, shuffle=False),
         test=TensorBatches(x_test, y_test, eval_batch_size, shuffle=False),
         generator=generator,
@@ -244,7 +270,7 @@ def _tensor_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size, de
 
 
 def _dataloader_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size,
-                       generator) -> MNISTSplits:
+                       generator, drop_last: bool) -> MNISTSplits:
     steps = [transforms.ToTensor()]
     if data_cfg.normalize == "standard":
         steps.append(transforms.Normalize((MNIST_MEAN,), (MNIST_STD,)))
@@ -255,7 +281,8 @@ def _dataloader_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size
     def loader(dataset, size: int, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=size, shuffle=shuffle,
                           num_workers=data_cfg.num_workers,
-                          generator=generator if shuffle else None)
+                          generator=generator if shuffle else None,
+                          drop_last=shuffle and drop_last)
 
     return MNISTSplits(
         train=loader(Subset(train_set, train_idx.tolist()), batch_size, shuffle=True),

@@ -161,11 +161,20 @@ def write_table(table: pd.DataFrame, out: Path, name: str) -> str:
     return text
 
 
+def run_labels(rows: pd.DataFrame) -> list[str]:
+    """One legend label per run: ``lr=<lr>``, plus the run id's start where runs share an lr
+    (``--all-runs`` over several sweeps), so that no run hides another in a figure."""
+    labels = [f"lr={lr:g}" for lr in rows["lr"]]
+    return [f"{label} ({run_id[:7]})" if labels.count(label) > 1 else label
+            for label, run_id in zip(labels, rows["run_id"], strict=True)]
+
+
 def curves_by_model(runs: pd.DataFrame,
                     curves: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list]]:
-    """``{model title: {"lr=<lr>": per-epoch history}}``, the input of the curve figures."""
+    """``{model title: {run label: per-epoch history}}``, the input of the curve figures."""
     return {MODELS.get(model, (model,))[0]:
-            {f"lr={row.lr:g}": curves[row.run_id] for row in rows.itertuples()}
+            dict(zip(run_labels(rows), (curves[run_id] for run_id in rows["run_id"]),
+                     strict=True))
             for model, rows in runs.groupby("model", sort=False)}
 
 
@@ -177,7 +186,8 @@ def write_figures(runs: pd.DataFrame, table4: pd.DataFrame, curves: dict, out: P
                                              overview.items(), strict=True):
         plots.save(plots.plot_curves(by_lr, CURVE_METRICS, title=title),
                    out / f"{model}_curves.png")
-        times = {f"lr={r.lr:g}": r.train_time_s for r in rows.itertuples() if r.outcome == "ok"}
+        times = {label: r.train_time_s for label, r in zip(run_labels(rows), rows.itertuples(),
+                                                           strict=True) if r.outcome == "ok"}
         plots.save(plots.plot_bars(times, "training time (s)", f"{title}: training time"),
                    out / f"{model}_train_time.png")
         names += [f"{model}_curves.png", f"{model}_train_time.png"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 from mnist_bench import bench
 from mnist_bench.config import DeviceConf, register_configs
 from mnist_bench.models.lenet import LeNet5
@@ -65,6 +65,29 @@ def test_fastest_path_is_refused_without_cuda(tmp_path):
     proc = run_cli(["--paths", "fastest", "--device", "cpu"], cwd=tmp_path,
                    module="mnist_bench.bench")
     assert proc.returncode != 0 and "needs CUDA" in proc.stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--device", "cuda"], "--device cuda was requested but cuda is not available"),
+    (["--data-root", "/nowhere"], "with --data-root /path/to/root or"),
+])
+def test_unavailable_device_or_data_is_one_message_not_a_traceback(argv, message):
+    if torch.cuda.is_available() and "cuda" in argv:
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--models", "mlp", *argv])
+    assert message in str(exit_info.value.code)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--max-train-samples", "0"], "--max-train-samples must be >= 1"),
+    (["--variant", "default: device.num_threads=1"], "from the paths (report, default, fastest)"),
+    (["--variant", "a: device.num_threads=1", "--variant", "a: device.amp=bf16"], ": a"),
+])
+def test_bad_options_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("model", ["mlp", "lenet", "resnet18", "googlenet"])
@@ -157,14 +180,6 @@ def test_train_epoch_runs_every_autocast_setting(amp):
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_device_configs_compose():
-    """Every device option composes with the levers it sets (CUDA's included, on any machine)."""
-    for option in ("auto", "cpu", "cuda", "mps"):
-        cfg = bench.compose_config([f"device={option}"])
-        assert cfg.device.type == option
-    assert (REPO / "conf" / "device" / "cuda.yaml").is_file()
-
-
 def test_cuda_graphs_apply_on_cuda_only_and_not_with_compile_or_fp16(caplog):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")  # no CUDA call: a decision table
     assert uses_cuda_graphs(cuda, device_cfg(cuda_graphs=True))
@@ -187,13 +202,18 @@ def test_a_cuda_graph_runs_checkpoint_resumes_with_eager_steps():
     torch.manual_seed(0)
     model = LeNet5()
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    saved = torch.optim.Adam(model.parameters(), capturable=True)
+    first = make_train_step(model, model, torch.optim.Adam(model.parameters()),
+                            torch.device("cpu"), device_cfg())
+    first(x, y)
+    saved = first.optimizer.state_dict()  # with moments and step counts, as a run saves it
+    saved["param_groups"][0]["capturable"] = True  # as a CUDA-graph run saves it
     optimizer = torch.optim.Adam(model.parameters())
-    optimizer.load_state_dict(saved.state_dict())
-    assert optimizer.param_groups[0]["capturable"]
+    optimizer.load_state_dict(saved)
+    assert optimizer.param_groups[0]["capturable"] and optimizer.state
     step = make_train_step(model, model, optimizer, torch.device("cpu"), device_cfg())
     step(x, y)  # raises "If capturable=True, params and state_steps must be on ..." without it
     assert not optimizer.param_groups[0]["capturable"] and step.seen == 8
+    assert all(state["step"].item() == 2 for state in optimizer.state.values())
 
 
 def test_cuda_default_configs_turn_cuda_graphs_on():

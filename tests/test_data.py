@@ -6,9 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from mnist_bench import data
+from mnist_bench.config import DataConf, DeviceConf
 from mnist_bench.data import DataError, TensorBatches
+from mnist_bench.models.resnet import resnet18_mnist
+from mnist_bench.train import train_epoch
+from mnist_bench.train_step import TrainStep
 
 
 def write_idx(folder: Path, n_train: int, n_test: int, seed: int = 0) -> None:
@@ -88,3 +93,40 @@ def test_tensor_batches_follow_the_generator_permutation():
     for (xb, yb), start in zip(batches, (0, 4, 8), strict=True):
         idx = order[start:start + 4]
         assert torch.equal(xb, x[idx]) and torch.equal(yb, y[idx])
+
+
+def test_tensor_batches_drop_last_leaves_out_the_partial_batch():
+    x, y = torch.arange(9.0).view(9, 1), torch.arange(9)
+    batches = TensorBatches(x, y, batch_size=4, shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(0))
+    assert len(batches) == 2 and [len(yb) for _, yb in batches] == [4, 4]
+    kept = TensorBatches(x, y, batch_size=4, shuffle=False)
+    assert [len(yb) for _, yb in kept] == [4, 4, 1]
+
+
+@pytest.mark.parametrize("loader", ["tensor", "torch"])
+@pytest.mark.parametrize(("n_train", "sizes"), [(129, [64, 64]), (130, [64, 64, 2])])
+def test_a_last_batch_of_one_image_is_dropped(data_root, loader, n_train, sizes):
+    """Only a last batch of exactly one image is left out, on both loaders; validation keeps
+    all its images."""
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConf),
+                          {"root": str(data_root), "loader": loader,
+                           "max_train_samples": n_train, "verify_md5": False})
+    splits = data.build_splits(cfg, batch_size=64, eval_batch_size=1024,
+                               device=torch.device("cpu"), seed=0)
+    assert [len(yb) for _, yb in splits.train] == sizes
+    assert sum(len(yb) for _, yb in splits.val) == cfg.val_size
+
+
+def test_resnet18_trains_an_epoch_that_would_end_in_a_batch_of_one(data_root):
+    """BatchNorm on ResNet-18's 1x1 maps cannot train on one image ("Expected more than 1 value
+    per channel"); the split above would end each epoch with such a batch."""
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConf),
+                          {"root": str(data_root), "max_train_samples": 9, "verify_md5": False})
+    splits = data.build_splits(cfg, batch_size=4, eval_batch_size=1024,
+                               device=torch.device("cpu"), seed=0)
+    model = resnet18_mnist()
+    step = TrainStep(model, model, torch.optim.Adam(model.parameters()), torch.device("cpu"),
+                     OmegaConf.structured(DeviceConf))
+    train_epoch(step, splits.train, epoch=1, desc="t", refresh_every=10, progress=False)
+    assert step.seen == 8

@@ -104,6 +104,13 @@ BAD_VALUES = {
                                   "data.val_size=60000: must be an integer in 1..59999"),
     "negative workers": (["data.num_workers=-1"], "data.num_workers=-1: must be an integer >= 0"),
     "unknown loader": (["data.loader=pil"], "data.loader='pil': must be one of tensor, torch"),
+    "zero refresh interval": (["trainer.log_every_n_steps=0"],
+                              "trainer.log_every_n_steps=0: must be an integer >= 1"),
+    "negative seed": (["trainer.seed=-1"], "trainer.seed=-1: must be an integer in 0..4294967295"),
+    "seed above numpy's range": (["trainer.seed=4294967296"],
+                                 "trainer.seed=4294967296: must be an integer in 0..4294967295"),
+    "zero threads": (["device.num_threads=0"],
+                     "device.num_threads=0: must be null (all cores) or an integer >= 1"),
     "missing value": (["optimizer.lr=???"],
                       "optimizer.lr: required value is missing (set it on the command line)"),
     "deleted value": (["~optimizer.lr"],
@@ -115,6 +122,13 @@ BAD_VALUES = {
 @pytest.mark.parametrize(("overrides", "line"), BAD_VALUES.values(), ids=BAD_VALUES.keys())
 def test_bad_value_is_one_line_naming_key_value_and_allowed(overrides, line):
     assert config_problems(compose_cfg(*overrides)) == [line]
+
+
+def test_unknown_compile_mode_is_refused_naming_the_installed_torchs_modes():
+    [line] = config_problems(compose_cfg("device.compile_mode=fastest"))
+    assert line.startswith("device.compile_mode='fastest': must be null or one of ")
+    assert "reduce-overhead" in line and "max-autotune" in line
+    assert config_problems(compose_cfg("device.compile_mode=reduce-overhead")) == []
 
 
 @pytest.mark.parametrize(("group", "option", "allowed"), [

@@ -4,11 +4,13 @@ import csv
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import SMALL_SWEEP, run_cli, sqlite_uri
+from mnist_bench import report
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -89,9 +91,15 @@ def test_report_without_runs_is_a_clear_error(tmp_path):
                    module="mnist_bench.report")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "experiment 'mnist_bench' does not exist" in proc.stderr
-    bad_sweep = run_cli(["--tracking-uri", sqlite_uri(tmp_path), "--sweep-id", "nope"],
-                        cwd=tmp_path, module="mnist_bench.report")
-    assert bad_sweep.returncode != 0 and "Traceback" not in bad_sweep.stderr
+
+
+def test_report_of_an_unknown_sweep_is_a_clear_error(sweep, tmp_path):
+    cwd, _, _ = sweep
+    proc = run_cli(["--tracking-uri", sqlite_uri(cwd), "--sweep-id", "nope",
+                    "--out", str(tmp_path / "report")], cwd=cwd, module="mnist_bench.report")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "no training runs found for sweep 'nope' in experiment 'mnist_bench'" in proc.stderr
+    assert not (tmp_path / "report").exists()
 
 
 def test_failed_job_does_not_stop_the_sweep_or_the_report(tmp_path, data_root):
@@ -111,3 +119,14 @@ def test_failed_job_does_not_stop_the_sweep_or_the_report(tmp_path, data_root):
     rows = {float(r["lr"]): r for r in read_csv(tmp_path / "report" / "table_mlp.csv")}
     assert rows[1e12]["outcome"] == "diverged" and rows[0.05]["outcome"] == "ok"
     assert "diverged" in (tmp_path / "report" / "table_mlp.md").read_text()
+
+
+def test_runs_that_share_a_learning_rate_each_keep_their_curve():
+    """``--all-runs`` over two sweeps: two MLP runs at lr 0.01 are two lines, not one."""
+    runs = pd.DataFrame({"model": ["mlp", "mlp", "mlp"], "lr": [0.01, 0.01, 0.001],
+                         "run_id": ["aaaaaaa111", "bbbbbbb222", "ccccccc333"]})
+    curves = {run_id: [{"val_acc": float(i)}] for i, run_id in enumerate(runs["run_id"])}
+    [(title, by_label)] = report.curves_by_model(runs, curves).items()
+    assert by_label == {"lr=0.01 (aaaaaaa)": [{"val_acc": 0.0}],
+                        "lr=0.01 (bbbbbbb)": [{"val_acc": 1.0}],
+                        "lr=0.001": [{"val_acc": 2.0}]}
