@@ -222,14 +222,21 @@ def test_cuda_default_configs_turn_cuda_graphs_on():
     assert not bench.compose_config(["device=cpu"]).device.cuda_graphs
 
 
-def train_steps(step_kind: type[TrainStep], model_fn, cfg, batches,
-                device: str = "cuda") -> tuple[TrainStep, list[torch.Tensor], tuple[float, float]]:
+OPTIMIZERS = {
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-3, fused=True),
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),  # momentum buffers
+}
+
+
+def train_steps(step_kind: type[TrainStep], model_fn, cfg, batches, device: str = "cuda",
+                optimizer: str = "adam") -> tuple[TrainStep, list[torch.Tensor],
+                                                  tuple[float, float]]:
     """Train a fresh ``model_fn()`` with ``step_kind`` for two epochs over ``batches``; return
     the step, the final state (weights and buffers) and the last epoch's loss and accuracy."""
     torch.manual_seed(0)
     model, step_model = prepare_model(model_fn(), torch.device(device), cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    step = step_kind(model, step_model, optimizer, torch.device(device), cfg)
+    step = step_kind(model, step_model, OPTIMIZERS[optimizer](model.parameters()),
+                     torch.device(device), cfg)
     for epoch in (1, 2):
         metrics = train_epoch(step, batches, epoch, desc="t", refresh_every=4, progress=False)
     return step, [t.detach().float().cpu() for t in model.state_dict().values()], metrics
@@ -277,16 +284,18 @@ def cpu_streams(monkeypatch):
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
 
 
-def test_cuda_graph_step_schedule_trains_every_batch_once(cpu_streams):
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_cuda_graph_step_schedule_trains_every_batch_once(cpu_streams, optimizer):
     """On the CPU, with a stand-in graph: 3 eager warm-up steps, one capture, replays on the
     static inputs for every later full batch, the partial batches eager, and exactly the
     weights and metrics of the eager step. A batch trained twice, skipped, or replayed on
     stale inputs would change the weights."""
     batches = random_batches("cpu")
     cfg = device_cfg(cuda_graphs=True)
-    _, eager_state, eager_metrics = train_steps(TrainStep, LeNet5, cfg, batches, "cpu")
+    _, eager_state, eager_metrics = train_steps(TrainStep, LeNet5, cfg, batches, "cpu",
+                                                optimizer)
     graphed, graphed_state, graphed_metrics = train_steps(StandInGraphStep, LeNet5, cfg, batches,
-                                                          "cpu")
+                                                          "cpu", optimizer)
     assert graphed.eager_steps == 3 + 2  # warm-up + the partial batch of each epoch
     assert graphed.graph.replays == 2 * 8 - 3
     for a, b in zip(eager_state, graphed_state, strict=True):
@@ -303,12 +312,16 @@ def deterministic_cudnn():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("model_name", ["lenet", "resnet18"])
-@pytest.mark.parametrize("amp", [None, "bf16"])
-def test_cuda_graph_step_trains_like_the_eager_step(model_name, amp, deterministic_cudnn):
+@pytest.mark.parametrize(("model_name", "amp", "optimizer"), [
+    ("lenet", None, "adam"), ("lenet", "bf16", "adam"), ("resnet18", None, "adam"),
+    ("resnet18", "bf16", "adam"), ("lenet", None, "sgd"),
+])
+def test_cuda_graph_step_trains_like_the_eager_step(model_name, amp, optimizer,
+                                                    deterministic_cudnn):
     """Same start, same batches (with a last, partial one): same weights, buffers and metrics.
 
     ResNet-18 with the small stem: the default stem's max-pool has no deterministic backward.
+    SGD with momentum creates its buffers during the warm-up, Adam its moments.
     """
     from mnist_bench.models.resnet import resnet18_mnist
 
@@ -316,9 +329,10 @@ def test_cuda_graph_step_trains_like_the_eager_step(model_name, amp, determinist
                 "resnet18": lambda: resnet18_mnist(stem="small")}[model_name]
     cfg = device_cfg(amp=amp, channels_last=amp is not None, cuda_graphs=True)
     batches = random_batches("cuda")
-    _, eager_state, eager_metrics = train_steps(TrainStep, model_fn, cfg, batches)
+    _, eager_state, eager_metrics = train_steps(TrainStep, model_fn, cfg, batches,
+                                                optimizer=optimizer)
     graphed, graphed_state, graphed_metrics = train_steps(CUDAGraphTrainStep, model_fn, cfg,
-                                                          batches)
+                                                          batches, optimizer=optimizer)
     assert graphed.graph is not None and graphed.eager_steps == 3 + 2  # warm-up + 2 partial
     tol = 2e-4 if amp is None else 2e-2
     for a, b in zip(eager_state, graphed_state, strict=True):
