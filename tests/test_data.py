@@ -104,27 +104,30 @@ def test_tensor_batches_drop_last_leaves_out_the_partial_batch():
     assert [len(yb) for _, yb in kept] == [4, 4, 1]
 
 
+def small_splits(data_root: Path, n_train: int, batch_size: int,
+                 loader: str = "tensor") -> data.MNISTSplits:
+    """The real MNIST copy's splits, with the first ``n_train`` training images only."""
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConf),
+                          {"root": str(data_root), "loader": loader,
+                           "max_train_samples": n_train, "verify_md5": False})
+    return data.build_splits(cfg, batch_size=batch_size, eval_batch_size=1024,
+                             device=torch.device("cpu"), seed=0)
+
+
 @pytest.mark.parametrize("loader", ["tensor", "torch"])
 @pytest.mark.parametrize(("n_train", "sizes"), [(129, [64, 64]), (130, [64, 64, 2])])
 def test_a_last_batch_of_one_image_is_dropped(data_root, loader, n_train, sizes):
     """Only a last batch of exactly one image is left out, on both loaders; validation keeps
     all its images."""
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConf),
-                          {"root": str(data_root), "loader": loader,
-                           "max_train_samples": n_train, "verify_md5": False})
-    splits = data.build_splits(cfg, batch_size=64, eval_batch_size=1024,
-                               device=torch.device("cpu"), seed=0)
+    splits = small_splits(data_root, n_train, batch_size=64, loader=loader)
     assert [len(yb) for _, yb in splits.train] == sizes
-    assert sum(len(yb) for _, yb in splits.val) == cfg.val_size
+    assert sum(len(yb) for _, yb in splits.val) == DataConf.val_size
 
 
 def test_resnet18_trains_an_epoch_that_would_end_in_a_batch_of_one(data_root):
     """BatchNorm on ResNet-18's 1x1 maps cannot train on one image ("Expected more than 1 value
     per channel"); the split above would end each epoch with such a batch."""
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConf),
-                          {"root": str(data_root), "max_train_samples": 9, "verify_md5": False})
-    splits = data.build_splits(cfg, batch_size=4, eval_batch_size=1024,
-                               device=torch.device("cpu"), seed=0)
+    splits = small_splits(data_root, n_train=9, batch_size=4)
     model = resnet18_mnist()
     step = TrainStep(model, model, torch.optim.Adam(model.parameters()), torch.device("cpu"),
                      OmegaConf.structured(DeviceConf))
