@@ -36,7 +36,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from mnist_bench.cli import CONF_DIR
-from mnist_bench.config import DEVICE_TYPES, MODEL_SCHEMAS, build, config_problems, register_configs
+from mnist_bench.config import MODEL_SCHEMAS, DeviceType, build, config_problems, register_configs
 from mnist_bench.data import DataError, MNISTSplits, build_splits
 from mnist_bench.train import (
     apply_device_settings,
@@ -135,7 +135,7 @@ def build_setup(name: str, cfg: DictConfig, device: torch.device) -> Setup:
     splits = build_splits(cfg.data, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, device,
                           cfg.trainer.seed)
     model, step_model = prepare_model(build(cfg.model), device, cfg.device)
-    optimizer = build(cfg.optimizer)(model.parameters())
+    optimizer = build(cfg.optimizer, "optimizer")(model.parameters())
     return Setup(name, cfg, splits, make_train_step(model, step_model, optimizer, device,
                                                     cfg.device))
 
@@ -236,7 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variant", action="append", type=parse_variant, default=[],
                         metavar="'NAME: KEY=VALUE ...'",
                         help="also time the default path with these Hydra overrides; repeatable")
-    parser.add_argument("--device", default="auto", choices=DEVICE_TYPES,
+    parser.add_argument("--device", default="auto", choices=[d.value for d in DeviceType],
                         help="the device config group to use (default: %(default)s, as "
                              "python -m mnist_bench)")
     parser.add_argument("--batch-size", type=int, default=64,

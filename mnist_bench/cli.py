@@ -18,6 +18,11 @@ class UserError(RuntimeError):
     """A problem the user can fix; printed without a traceback."""
 
 
+class ReportedError(RuntimeError):
+    """A failure that has been logged, with how its MLflow run ended, before it reaches the
+    entry point; the entry point only sets the exit status."""
+
+
 def fail_job(err: Exception) -> NoReturn:
     """Exit 1; in a multirun, raise instead so that the other jobs still run (the sweep still
     exits non-zero at the end)."""

@@ -1,57 +1,111 @@
-"""Typed configuration: the schema Hydra validates against, and value checks run before training.
+"""Typed configuration: the schemas Hydra validates against, and the value checks run before
+anything is trained or tracked.
 
-Types are enforced by OmegaConf structured configs (a wrong type is rejected while Hydra composes
-the config). Values that a type cannot express (``lr > 0``, ``epochs >= 1`` ...) are checked by
-:func:`config_problems`, which returns one readable line per problem so that the entry point can
-print them all and exit before any MLflow run exists.
+Each option of the ``model`` and ``optimizer`` groups extends its schema, registered here in
+Hydra's ConfigStore (``conf/model/mlp.yaml`` starts with ``defaults: [mlp_schema]``), so a wrong
+type or an unknown key is refused while Hydra composes; closed choices are ``Enum`` fields.
+What a type cannot say (``lr > 0``, ``epochs >= 1`` ...) :func:`config_problems` checks, one
+line per problem. :func:`build` instantiates only the project's own classes: a model or
+optimizer node must match the schema its ``name`` selects, ``_target_`` included, so neither a
+command line nor a stored ``config.yaml`` can make it call anything else.
+
+This module imports neither torch nor MLflow, so a config error costs no more than Hydra.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mnist_bench.cli import CONF_DIR
+
 MNIST_TRAIN_SIZE = 60_000
-DATA_LOADERS = ("tensor", "torch")
-NORMALIZATIONS = ("unit", "standard")
-DEVICE_TYPES = ("auto", "cpu", "cuda", "mps")
-AMP_DTYPES = ("bf16", "fp16")
 MAX_SEED = 2**32 - 1  # numpy's limit
+
+
+class Choice(str, Enum):
+    """A closed set of strings: compares equal to its value and prints as it."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Loader(Choice):
+    tensor = "tensor"
+    torch = "torch"
+
+
+class Normalize(Choice):
+    unit = "unit"
+    standard = "standard"
+
+
+class DeviceType(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Amp(Choice):
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Activation(Choice):
+    sigmoid = "sigmoid"
+    relu = "relu"
+
+
+class Pool(Choice):
+    avg = "avg"
+    max = "max"
+
+
+class ResNetStem(Choice):
+    imagenet = "imagenet"
+    small = "small"
+
+
+class GoogLeNetStem(Choice):
+    gray = "gray"
+    rgb = "rgb"
 
 
 @dataclass
 class MLPConf:
     _target_: str = "mnist_bench.models.mlp.MLP"
     name: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [128, 32])
+    hidden: Any = field(default_factory=lambda: [128, 32])  # checked by config_problems
 
 
 @dataclass
 class LeNetConf:
     _target_: str = "mnist_bench.models.lenet.LeNet5"
     name: str = "lenet"
-    activation: str = "sigmoid"
-    pool: str = "avg"
+    activation: Activation = Activation.sigmoid
+    pool: Pool = Pool.avg
 
 
 @dataclass
 class ResNet18Conf:
     _target_: str = "mnist_bench.models.resnet.resnet18_mnist"
     name: str = "resnet18"
-    stem: str = "imagenet"
+    stem: ResNetStem = ResNetStem.imagenet
 
 
 @dataclass
 class GoogLeNetConf:
     _target_: str = "mnist_bench.models.googlenet.GoogLeNetMNIST"
     name: str = "googlenet"
-    stem: str = "gray"
+    stem: GoogLeNetStem = GoogLeNetStem.gray
     aux_weight: float = 0.3
 
 
@@ -70,11 +124,22 @@ class OptimizerConf:
 
 @dataclass
 class AdamConf(OptimizerConf):
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    _target_: str = "torch.optim.Adam"
+    name: str = "adam"
+    betas: Any = field(default_factory=lambda: [0.9, 0.999])  # checked by config_problems
+    eps: float = 1e-8
+
+
+@dataclass
+class AdamWConf(AdamConf):
+    _target_: str = "torch.optim.AdamW"
+    name: str = "adamw"
 
 
 @dataclass
 class SGDConf(OptimizerConf):
+    _target_: str = "torch.optim.SGD"
+    name: str = "sgd"
     momentum: float = 0.0
     nesterov: bool = False
 
@@ -83,10 +148,10 @@ class SGDConf(OptimizerConf):
 class DeviceConf:
     """Where to train, and the speed levers that suit that device."""
 
-    type: str = "auto"
+    type: DeviceType = DeviceType.auto
     compile: bool = False
     compile_mode: str | None = None
-    amp: str | None = None
+    amp: Amp | None = None
     channels_last: bool = False
     cudnn_benchmark: bool = False
     cuda_graphs: bool = False
@@ -98,8 +163,8 @@ class DataConf:
     root: str = "data"
     val_size: int = 5_000
     split_seed: int = 0
-    normalize: str = "unit"
-    loader: str = "tensor"
+    normalize: Normalize = Normalize.unit
+    loader: Loader = Loader.tensor
     num_workers: int = 0
     max_train_samples: int | None = None
     verify_md5: bool = True
@@ -142,94 +207,132 @@ MODEL_SCHEMAS: dict[str, type] = {
     "resnet18": ResNet18Conf,
     "googlenet": GoogLeNetConf,
 }
-OPTIMIZER_SCHEMAS: dict[str, type] = {"adam": AdamConf, "adamw": AdamConf, "sgd": SGDConf}
-MODEL_CHOICES = {"lenet.activation": ("sigmoid", "relu"), "lenet.pool": ("avg", "max"),
-                 "resnet18.stem": ("imagenet", "small"), "googlenet.stem": ("gray", "rgb")}
+OPTIMIZER_SCHEMAS: dict[str, type] = {"adam": AdamConf, "adamw": AdamWConf, "sgd": SGDConf}
+GROUP_SCHEMAS = {"model": MODEL_SCHEMAS, "optimizer": OPTIMIZER_SCHEMAS}
 
 
 def register_configs() -> None:
-    """Register the top-level schema; ``conf/config.yaml`` lists it first in its defaults."""
-    ConfigStore.instance().store(name="base_config", node=Config)
+    """The top-level schema (first in ``conf/config.yaml``'s defaults) and one schema per option
+    of the model and optimizer groups (first in each option's defaults); ``--help`` lists the
+    options through the ``mnist_bench_groups`` resolver."""
+    OmegaConf.register_new_resolver("mnist_bench_groups", lambda: group_options(CONF_DIR),
+                                    replace=True)
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, schema in schemas.items():
+            store.store(group=group, name=f"{name}_schema", node=schema)
 
 
-def build(node: DictConfig) -> Any:
-    """Instantiate a ``_target_`` node, dropping the ``name`` key that only labels the option."""
-    kwargs = {k: v for k, v in node.items() if k != "name"}
-    return instantiate(OmegaConf.create(kwargs))
+def group_options(conf_dir: str | Path) -> str:
+    """``group: option, ...`` per line for ``--help``, from the YAML files only (the schemas
+    registered beside them are not options)."""
+    groups = sorted(p for p in Path(conf_dir).iterdir() if p.is_dir() and p.name != "hydra")
+    return "\n".join(f"{g.name}: {', '.join(sorted(f.stem for f in g.glob('*.yaml')))}"
+                     for g in groups)
+
+
+def group_node_problems(node: Any, group: str) -> list[str]:
+    """Why ``node`` is not a valid option of ``group`` (``model`` or ``optimizer``): an unknown
+    name, a ``_target_`` other than its schema's, unknown keys, wrong types, missing values."""
+    schemas = GROUP_SCHEMAS[group]
+    name = OmegaConf.select(node, "name", default=None) if isinstance(node, DictConfig) else None
+    if name not in schemas:
+        return [f"{group}.name={name!r}: unknown; allowed: {', '.join(schemas)}"]
+    schema = OmegaConf.structured(schemas[name])
+    target = node.get("_target_")
+    if target != schema._target_:
+        return [f"{group}._target_={target!r}: {group}={name} must build {schema._target_}; "
+                "other targets are refused"]
+    try:
+        merged = OmegaConf.merge(schema, node)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        return [f"{group}.{key}: {getattr(err, 'msg', err)}".splitlines()[0]]
+    return _missing_problems(sorted(f"{group}.{k}" for k in OmegaConf.missing_keys(merged)))
+
+
+def build(node: DictConfig, group: str = "model") -> Any:
+    """Instantiate a model or optimizer node that :func:`group_node_problems` accepts, dropping
+    the ``name`` key that only labels the option. Raises ``ValueError`` otherwise."""
+    from hydra.utils import instantiate
+
+    problems = group_node_problems(node, group)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return instantiate(OmegaConf.create({k: v for k, v in node.items() if k != "name"}))
 
 
 def _missing_problems(keys: list[str]) -> list[str]:
     return [f"{key}: required value is missing (set it on the command line)" for key in keys]
 
 
-def _check_against_schema(node: Any, schemas: dict[str, type], key: str) -> list[str]:
-    """Unknown option names, wrong types, and schema fields that the option leaves unset."""
-    name = OmegaConf.select(node, "name", default=None)
-    if name not in schemas:
-        return [f"{key}.name={name!r}: unknown; allowed: {', '.join(schemas)}"]
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schemas[name]), node)
-    except OmegaConfBaseException as err:
-        bad_key = getattr(err, "full_key", None) or "?"
-        return [f"{key}.{bad_key}: {err.msg if hasattr(err, 'msg') else err}".splitlines()[0]]
-    return _missing_problems(sorted(f"{key}.{k}" for k in OmegaConf.missing_keys(merged)))
-
-
 def compile_modes() -> list[str]:
     """The ``torch.compile`` modes of the installed torch (they vary between releases)."""
-    import torch._inductor  # already imported with torchvision; torch.compile documents this call
+    import torch._inductor  # torch.compile documents this call
 
     return sorted(torch._inductor.list_mode_options())
 
 
-def _range_problems(cfg: DictConfig) -> list[str]:
-    modes = compile_modes()
-    checks: list[tuple[str, Any, bool, str]] = [
-        ("trainer.epochs", cfg.trainer.epochs, cfg.trainer.epochs >= 1, "an integer >= 1"),
-        ("trainer.batch_size", cfg.trainer.batch_size, cfg.trainer.batch_size >= 1,
-         "an integer >= 1"),
-        ("trainer.eval_batch_size", cfg.trainer.eval_batch_size, cfg.trainer.eval_batch_size >= 1,
-         "an integer >= 1"),
-        ("data.val_size", cfg.data.val_size, 0 < cfg.data.val_size < MNIST_TRAIN_SIZE,
-         f"an integer in 1..{MNIST_TRAIN_SIZE - 1}"),
-        ("data.num_workers", cfg.data.num_workers, cfg.data.num_workers >= 0,
-         "an integer >= 0"),
-        ("data.loader", cfg.data.loader, cfg.data.loader in DATA_LOADERS,
-         f"one of {', '.join(DATA_LOADERS)}"),
-        ("data.normalize", cfg.data.normalize, cfg.data.normalize in NORMALIZATIONS,
-         f"one of {', '.join(NORMALIZATIONS)}"),
-        ("data.max_train_samples", cfg.data.max_train_samples,
-         cfg.data.max_train_samples is None or cfg.data.max_train_samples >= 1,
-         "null or an integer >= 1"),
-        ("device.type", cfg.device.type, cfg.device.type in DEVICE_TYPES,
-         f"one of {', '.join(DEVICE_TYPES)}"),
-        ("device.amp", cfg.device.amp, cfg.device.amp is None or cfg.device.amp in AMP_DTYPES,
-         f"null or one of {', '.join(AMP_DTYPES)}"),
-        ("device.compile_mode", cfg.device.compile_mode,
-         cfg.device.compile_mode is None or cfg.device.compile_mode in modes,
-         f"null or one of {', '.join(modes)}"),
-        ("device.num_threads", cfg.device.num_threads,
-         cfg.device.num_threads is None or cfg.device.num_threads >= 1,
-         "null (all cores) or an integer >= 1"),
-        ("trainer.seed", cfg.trainer.seed, 0 <= cfg.trainer.seed <= MAX_SEED,
-         f"an integer in 0..{MAX_SEED}"),
-        ("trainer.log_every_n_steps", cfg.trainer.log_every_n_steps,
-         cfg.trainer.log_every_n_steps >= 1, "an integer >= 1"),
+def _is_number_list(value: Any, length: int | None = None) -> bool:
+    items = list(value) if OmegaConf.is_list(value) or isinstance(value, list) else None
+    return (items is not None and (length is None or len(items) == length)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items))
+
+
+def _model_checks(model: DictConfig) -> list[tuple[str, Any, bool, str]]:
+    if model.name != "mlp":
+        return []
+    hidden = model.hidden
+    ok = _is_number_list(hidden) and all(isinstance(h, int) and h >= 1 for h in hidden)
+    return [("model.hidden", hidden, ok, "a list of layer widths, integers >= 1, e.g. [128,32]")]
+
+
+def _optimizer_checks(opt: DictConfig) -> list[tuple[str, Any, bool, str]]:
+    checks = [
+        ("optimizer.lr", opt.lr, math.isfinite(opt.lr) and opt.lr > 0, "a finite number > 0"),
+        ("optimizer.weight_decay", opt.weight_decay, opt.weight_decay >= 0, "a number >= 0"),
     ]
-    return [f"{key}={value!r}: must be {allowed}" for key, value, ok, allowed in checks if not ok]
+    if "betas" in opt:
+        ok = _is_number_list(opt.betas, 2) and all(0 <= b < 1 for b in opt.betas)
+        checks.append(("optimizer.betas", opt.betas, ok, "two numbers in [0, 1), e.g. [0.9,0.999]"))
+        checks.append(("optimizer.eps", opt.eps, opt.eps > 0, "a number > 0"))
+    if "momentum" in opt:
+        checks.append(("optimizer.momentum", opt.momentum, 0 <= opt.momentum < 1,
+                       "a number in [0, 1)"))
+    return checks
 
 
-def _choice_problems(cfg: DictConfig) -> list[str]:
-    problems = []
-    for dotted, allowed in MODEL_CHOICES.items():
-        model_name, attr = dotted.split(".")
-        value = cfg.model.get(attr) if cfg.model.get("name") == model_name else None
-        if value is not None and value not in allowed:
-            problems.append(f"model.{attr}={value!r}: must be one of {', '.join(allowed)}")
-    lr = cfg.optimizer.get("lr")
-    if isinstance(lr, (int, float)) and not (math.isfinite(lr) and lr > 0):
-        problems.append(f"optimizer.lr={lr!r}: must be a finite number > 0")
-    return problems
+def _range_checks(cfg: DictConfig) -> list[tuple[str, Any, bool, str]]:
+    trainer, data, device = cfg.trainer, cfg.data, cfg.device
+    modes = compile_modes() if device.compile_mode is not None else []
+    return [
+        ("trainer.epochs", trainer.epochs, trainer.epochs >= 1, "an integer >= 1"),
+        ("trainer.batch_size", trainer.batch_size, trainer.batch_size >= 1, "an integer >= 1"),
+        ("trainer.eval_batch_size", trainer.eval_batch_size, trainer.eval_batch_size >= 1,
+         "an integer >= 1"),
+        ("trainer.seed", trainer.seed, 0 <= trainer.seed <= MAX_SEED,
+         f"an integer in 0..{MAX_SEED}"),
+        ("trainer.log_every_n_steps", trainer.log_every_n_steps, trainer.log_every_n_steps >= 1,
+         "an integer >= 1"),
+        ("data.val_size", data.val_size, 0 < data.val_size < MNIST_TRAIN_SIZE,
+         f"an integer in 1..{MNIST_TRAIN_SIZE - 1}"),
+        ("data.num_workers", data.num_workers, data.num_workers >= 0, "an integer >= 0"),
+        ("data.max_train_samples", data.max_train_samples,
+         data.max_train_samples is None or data.max_train_samples >= 1, "null or an integer >= 1"),
+        ("device.compile_mode", device.compile_mode,
+         device.compile_mode is None or device.compile_mode in modes,
+         f"null or one of {', '.join(modes)}"),
+        ("device.num_threads", device.num_threads,
+         device.num_threads is None or device.num_threads >= 1,
+         "null (all cores) or an integer >= 1"),
+    ]
+
+
+def _unknown_keys(cfg: DictConfig) -> list[str]:
+    known = {f.name for f in fields(Config)}
+    return [f"{key}: unknown key (a typo, or a '+' override?); known: {', '.join(sorted(known))}"
+            for key in cfg if key not in known]
 
 
 def config_problems(cfg: DictConfig) -> list[str]:
@@ -237,6 +340,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         return _missing_problems(missing)
-    return (_check_against_schema(cfg.model, MODEL_SCHEMAS, "model")
-            + _check_against_schema(cfg.optimizer, OPTIMIZER_SCHEMAS, "optimizer")
-            + _range_problems(cfg) + _choice_problems(cfg))
+    problems = (_unknown_keys(cfg) + group_node_problems(cfg.model, "model")
+                + group_node_problems(cfg.optimizer, "optimizer"))
+    if problems:
+        return problems
+    checks = _model_checks(cfg.model) + _optimizer_checks(cfg.optimizer) + _range_checks(cfg)
+    return [f"{key}={value!r}: must be {allowed}" for key, value, ok, allowed in checks if not ok]

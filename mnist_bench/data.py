@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Subset
-from torchvision import datasets, transforms
 
-from mnist_bench.config import MNIST_TRAIN_SIZE
+from mnist_bench.config import MNIST_TRAIN_SIZE, Loader, Normalize
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 DOWNLOAD_TIMEOUT_S = 20.0  # per socket operation: a stalled mirror fails (DNS is not bounded)
@@ -127,9 +126,11 @@ def verify_raw_files(root: str | Path, check_md5: bool = True) -> None:
         raise DataError("MNIST raw files failed their checks:\n" + "\n".join(problems))
 
 
-def load_mnist(root: str | Path, train: bool, transform=None) -> datasets.MNIST:
+def load_mnist(root: str | Path, train: bool, transform=None):
     """``torchvision.datasets.MNIST`` with ``download=True``; any download failure becomes a
     :class:`DataError` that says where the files were expected."""
+    from torchvision import datasets  # 1.4 s to import; only the download and loader=torch
+
     root = Path(root).expanduser().resolve()
     try:
         return datasets.MNIST(str(root), train=train, download=True, transform=transform)
@@ -160,6 +161,24 @@ def ensure_mnist(root: str | Path, check_md5: bool = True) -> None:
     verify_raw_files(root, check_md5=check_md5)
 
 
+def read_mnist(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The verified raw files of one split as uint8 images (N, 28, 28) and int64 labels (N,).
+
+    Read straight from the IDX files, which :func:`verify_raw_files` has checked: torchvision's
+    reader would cost its 1.4 s import on every run. Labels outside 0-9 are refused.
+    """
+    images_spec, labels_spec = RAW_FILES[0:2] if train else RAW_FILES[2:4]
+    folder = raw_dir(root)
+    images = torch.frombuffer(bytearray((folder / images_spec.name).read_bytes()),
+                              dtype=torch.uint8, offset=images_spec.header_size)
+    labels = torch.frombuffer(bytearray((folder / labels_spec.name).read_bytes()),
+                              dtype=torch.uint8, offset=labels_spec.header_size)
+    if int(labels.max()) > 9:
+        raise DataError(f"MNIST raw files failed their checks:\n  {folder / labels_spec.name}: "
+                        f"holds label {int(labels.max())}; digits are 0-9")
+    return images.view(-1, 28, 28), labels.long()
+
+
 def split_indices(n_train: int, val_size: int,
                   split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed train/validation split of the 60k training images: same seed, same split."""
@@ -167,10 +186,16 @@ def split_indices(n_train: int, val_size: int,
     return perm[val_size:], perm[:val_size]
 
 
+def configured_split(data_cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and validation indices into the 60k training images, as ``data_cfg`` says."""
+    train_idx, val_idx = split_indices(MNIST_TRAIN_SIZE, data_cfg.val_size, data_cfg.split_seed)
+    return train_idx[: data_cfg.max_train_samples or None], val_idx
+
+
 def scale_images(images: torch.Tensor, normalize: str) -> torch.Tensor:
     """uint8 (N, 28, 28) to float (N, 1, 28, 28) in [0, 1], optionally standardised."""
     x = images.unsqueeze(1).float().div_(255.0)
-    if normalize == "standard":
+    if normalize == Normalize.standard:
         x = x.sub_(MNIST_MEAN).div_(MNIST_STD)
     return x
 
@@ -224,11 +249,9 @@ def build_splits(data_cfg, batch_size: int, eval_batch_size: int, device: torch.
     """Verify the raw files, load MNIST and return train/validation/test batch iterables."""
     ensure_mnist(data_cfg.root, check_md5=data_cfg.verify_md5)
     generator = torch.Generator().manual_seed(seed)
-    train_idx, val_idx = split_indices(MNIST_TRAIN_SIZE, data_cfg.val_size, data_cfg.split_seed)
-    if data_cfg.max_train_samples:
-        train_idx = train_idx[: data_cfg.max_train_samples]
+    train_idx, val_idx = configured_split(data_cfg)
     drop_last = drops_single_image(len(train_idx), batch_size)
-    if data_cfg.loader == "torch":
+    if data_cfg.loader == Loader.torch:
         return _dataloader_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size,
                                   generator, drop_last)
     return _tensor_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size, device,
@@ -251,15 +274,14 @@ def drops_single_image(n_train: int, batch_size: int) -> bool:
 
 def _tensor_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size, device,
                    generator, drop_last: bool) -> MNISTSplits:
-    train_set = load_mnist(data_cfg.root, train=True)
-    test_set = load_mnist(data_cfg.root, train=False)
+    train_images, train_labels = read_mnist(data_cfg.root, train=True)
 
     def on_device(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return scale_images(images, data_cfg.normalize).to(device), labels.to(device)
 
-    x_train, y_train = on_device(train_set.data[train_idx], train_set.targets[train_idx])
-    x_val, y_val = on_device(train_set.data[val_idx], train_set.targets[val_idx])
-    x_test, y_test = on_device(test_set.data, test_set.targets)
+    x_train, y_train = on_device(train_images[train_idx], train_labels[train_idx])
+    x_val, y_val = on_device(train_images[val_idx], train_labels[val_idx])
+    x_test, y_test = on_device(*read_mnist(data_cfg.root, train=False))
     return MNISTSplits(
         train=TensorBatches(x_train, y_train, batch_size, shuffle=True, generator=generator,
                             drop_last=drop_last),
@@ -271,8 +293,10 @@ def _tensor_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size, de
 
 def _dataloader_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size,
                        generator, drop_last: bool) -> MNISTSplits:
+    from torchvision import transforms
+
     steps = [transforms.ToTensor()]
-    if data_cfg.normalize == "standard":
+    if data_cfg.normalize == Normalize.standard:
         steps.append(transforms.Normalize((MNIST_MEAN,), (MNIST_STD,)))
     tf = transforms.Compose(steps)
     train_set = load_mnist(data_cfg.root, train=True, transform=tf)

@@ -24,6 +24,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from tqdm import tqdm
 
+from mnist_bench.config import Choice
+
 log = logging.getLogger(__name__)
 logging.getLogger("openTSNE").setLevel(logging.WARNING)  # its INFO lines repeat our settings
 
@@ -36,11 +38,16 @@ SKLEARN_EXAGGERATION_ITER = 250  # fixed inside sklearn.manifold.TSNE
 POINTS_PER_THREAD = 25_000
 
 
+class TSNEBackend(Choice):
+    opentsne = "opentsne"
+    sklearn = "sklearn"
+
+
 @dataclass
 class TSNEParams:
     """How to run t-SNE; also the schema of the ``tsne`` node of ``conf/tsne.yaml``."""
 
-    backend: str = "opentsne"
+    backend: TSNEBackend = TSNEBackend.opentsne
     perplexity: float = 30.0
     early_exaggeration_iter: int = 100
     n_iter: int = 150

@@ -13,7 +13,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 CURVE_TITLES = {
     "train_loss": "Cross-entropy loss (train)",
@@ -47,11 +46,18 @@ def plot_curves(histories: Mapping[str, History],
     return fig
 
 
-def plot_confusion_matrix(targets: np.ndarray, predictions: np.ndarray, title: str = "") -> Figure:
+def plot_confusion_matrix(matrix: np.ndarray, title: str = "") -> Figure:
+    """Counts per (true, predicted) digit, as scikit-learn's ``ConfusionMatrixDisplay`` draws
+    them: a blue scale, each count printed in its cell."""
     fig, ax = plt.subplots(figsize=(6, 5.4))
-    ConfusionMatrixDisplay.from_predictions(targets, predictions, ax=ax, colorbar=False,
-                                            values_format="d")
-    ax.set_title(title or "Confusion matrix (test set)")
+    image = ax.imshow(matrix, cmap="Blues")
+    threshold = matrix.max() / 2
+    for (row, col), count in np.ndenumerate(matrix):
+        colour = image.cmap(0.0) if count > threshold else image.cmap(1.0)
+        ax.text(col, row, f"{count:d}", ha="center", va="center", color=colour, fontsize=8)
+    digits = range(len(matrix))
+    ax.set(xticks=digits, yticks=digits, xlabel="Predicted label", ylabel="True label",
+           title=title or "Confusion matrix (test set)")
     fig.tight_layout()
     return fig
 

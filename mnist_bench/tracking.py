@@ -15,20 +15,20 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import torch
-import torchvision
 from mlflow.entities import Metric, Run
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
-from sklearn.metrics import classification_report
 
-from mnist_bench import plots
+from mnist_bench import data, metrics, plots
 from mnist_bench.train import DivergedError
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,27 @@ def log_config(cfg: DictConfig, hydra_dir: Path | None) -> None:
         mlflow.log_artifacts(str(hydra_dir), "hydra")
 
 
+def log_datasets(data_cfg: DictConfig) -> None:
+    """The training, validation and test images as MLflow datasets (the runs table's Dataset
+    column): each with a digest of its exact images and labels, and the folder it came from."""
+    train_images, train_labels = data.read_mnist(data_cfg.root, train=True)
+    train_idx, val_idx = data.configured_split(data_cfg)
+    splits = {"train": (train_images[train_idx], train_labels[train_idx]),
+              "validation": (train_images[val_idx], train_labels[val_idx]),
+              "test": data.read_mnist(data_cfg.root, train=False)}
+    source = str(data.raw_dir(data_cfg.root))
+    for context, (images, labels) in splits.items():
+        # MLflow's own numpy digest hashes only the first 10,000 values; this one, every byte
+        digest = hashlib.md5(images.numpy().tobytes(), usedforsecurity=False)
+        digest.update(labels.numpy().tobytes())
+        with warnings.catch_warnings():  # MLflow 3 registers its local source class twice
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+            dataset = mlflow.data.from_numpy(images.numpy(), targets=labels.numpy(),
+                                             source=source, name=f"mnist-{context}",
+                                             digest=digest.hexdigest())
+        mlflow.log_input(dataset, context=context)
+
+
 def log_epoch(epoch: int, row: Mapping[str, float]) -> None:
     mlflow.log_metrics(dict(row), step=epoch)
 
@@ -154,13 +175,11 @@ def log_figure(fig, name: str) -> None:
 def log_evaluation(history, targets: np.ndarray, predictions: np.ndarray, title: str) -> None:
     """Curves, confusion matrix and classification report of a finished run."""
     log_figure(plots.plot_curves({title: history}, title=title), "figures/curves.png")
-    log_figure(plots.plot_confusion_matrix(targets, predictions, f"{title}: test set"),
-               "figures/confusion_matrix.png")
-    options = {"target_names": [str(d) for d in range(10)], "digits": 4, "zero_division": 0}
-    mlflow.log_text(classification_report(targets, predictions, **options),
-                    "classification_report.txt")
-    mlflow.log_dict(classification_report(targets, predictions, output_dict=True, **options),
-                    "classification_report.json")
+    log_figure(plots.plot_confusion_matrix(metrics.confusion_matrix(targets, predictions),
+                                           f"{title}: test set"), "figures/confusion_matrix.png")
+    report = metrics.classification_report(targets, predictions)
+    mlflow.log_text(metrics.format_report(report), "classification_report.txt")
+    mlflow.log_dict(report, "classification_report.json")
 
 
 def log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
@@ -172,8 +191,8 @@ def log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
     example = example.cpu()
     with torch.no_grad():
         output = model(example).numpy()
-    requirements = [f"torch=={torch.__version__.split('+')[0]}",
-                    f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    requirements = [f"{name}=={metadata.version(name).split('+')[0]}"
+                    for name in ("torch", "torchvision")]
     mlflow.pytorch.log_model(model, name="model", input_example=example.numpy(),
                              signature=infer_signature(example.numpy(), output),
                              pip_requirements=requirements)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mnist_bench.cli import ReportedError
 from mnist_bench.train_step import TrainStep, autocast, make_train_step, prepare_batch
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ DEFAULT_NUM_THREADS = torch.get_num_threads()  # torch's choice, before any conf
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
-class DivergedError(RuntimeError):
+class DivergedError(ReportedError):
     """The training loss became NaN or infinite."""
 
     def __init__(self, epoch: int, loss: float) -> None:
@@ -69,6 +70,7 @@ def resolve_device(kind: str) -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; an unavailable explicit choice is an error."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
                  "cpu": True}
+    kind = str(kind)
     if kind == "auto":
         return torch.device(next(name for name, ok in available.items() if ok))
     if not available[kind]:

@@ -32,13 +32,23 @@ from tqdm import tqdm
 
 from mnist_bench import checkpoint, embedding, plots, tracking
 from mnist_bench.cli import CONF_DIR, UserError, fail_job
-from mnist_bench.config import MODEL_SCHEMAS, DataConf, build
-from mnist_bench.data import DataError, ensure_mnist, load_mnist, scale_images
+from mnist_bench.config import MODEL_SCHEMAS, Choice, DataConf, build, register_configs
+from mnist_bench.data import DataError, ensure_mnist, read_mnist, scale_images
 from mnist_bench.embedding import TSNEParams
 
 log = logging.getLogger("mnist_bench.tsne")
-SUBSETS = ("train", "test")
-SOURCES = ("pixels", "features")
+
+
+class Subset(Choice):
+    train = "train"
+    test = "test"
+
+
+class Source(Choice):
+    pixels = "pixels"
+    features = "features"
+
+
 MIN_SAMPLES = 50
 
 
@@ -56,9 +66,9 @@ class TSNEConfig:
     data: DataConf = field(default_factory=DataConf)
     model: Any = None
     n_samples: int = MISSING
-    subset: str = MISSING
+    subset: Subset = MISSING
     seed: int = MISSING
-    source: str = MISSING
+    source: Source = MISSING
     model_uri: str | None = None
     batch_size: int = MISSING
     pca_dims: int = MISSING
@@ -66,6 +76,7 @@ class TSNEConfig:
     tracking: TSNETrackingConf = field(default_factory=TSNETrackingConf)
 
 
+register_configs()
 ConfigStore.instance().store(name="tsne_schema", node=TSNEConfig)
 
 
@@ -74,16 +85,12 @@ def config_problems(cfg: DictConfig) -> list[str]:
     p = cfg.tsne
     checks: list[tuple[str, Any, bool, str]] = [
         ("n_samples", cfg.n_samples, cfg.n_samples >= MIN_SAMPLES, f"an integer >= {MIN_SAMPLES}"),
-        ("subset", cfg.subset, cfg.subset in SUBSETS, " or ".join(SUBSETS)),
-        ("source", cfg.source, cfg.source in SOURCES, " or ".join(SOURCES)),
         ("model_uri", cfg.model_uri, cfg.source != "features" or bool(cfg.model_uri),
          "set with source=features: runs:/<run id>/model, or a checkpoint path and model=<name>"),
         ("source", cfg.source, not cfg.model_uri or cfg.source == "features",
          "features when model_uri is set (or drop model_uri)"),
         ("batch_size", cfg.batch_size, cfg.batch_size >= 1, "an integer >= 1"),
         ("pca_dims", cfg.pca_dims, cfg.pca_dims >= 2, "an integer >= 2"),
-        ("tsne.backend", p.backend, p.backend in embedding.BACKENDS,
-         " or ".join(embedding.BACKENDS)),
         ("tsne.perplexity", p.perplexity, 0 < 3 * p.perplexity < cfg.n_samples,
          f"> 0 and below n_samples / 3 = {cfg.n_samples / 3:g}"),
         ("tsne.early_exaggeration_iter", p.early_exaggeration_iter, p.early_exaggeration_iter >= 0,
@@ -99,15 +106,15 @@ def sample_mnist(root: str | Path, subset: str, n_samples: int, seed: int,
     """``n_samples`` images drawn at random from a subset: uint8 (N, 28, 28), labels, indices."""
     try:
         ensure_mnist(root, check_md5=check_md5)
-        dataset = load_mnist(root, train=subset == "train")
+        images, labels = read_mnist(root, train=subset == "train")
     except DataError as err:
         raise UserError(str(err)) from None
-    if n_samples > len(dataset):
-        raise UserError(f"n_samples={n_samples}: the {subset} subset holds {len(dataset):,} "
-                        f"images; choose n_samples <= {len(dataset)}")
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    if n_samples > len(labels):
+        raise UserError(f"n_samples={n_samples}: the {subset} subset holds {len(labels):,} "
+                        f"images; choose n_samples <= {len(labels)}")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     indices = order[:n_samples]
-    return dataset.data[indices], dataset.targets[indices].numpy(), indices.numpy()
+    return images[indices], labels[indices].numpy(), indices.numpy()
 
 
 def _first_line(err: Exception) -> str:
@@ -122,7 +129,10 @@ class TrainedModel:
 
 
 def _with_weights(model_cfg: DictConfig, state: dict[str, torch.Tensor], source: str) -> nn.Module:
-    network = build(model_cfg)
+    try:
+        network = build(model_cfg)
+    except ValueError as err:
+        raise UserError(f"model_uri={source!r}: its model config is refused: {err}") from None
     try:
         network.load_state_dict(state)
     except RuntimeError as err:

@@ -1,15 +1,26 @@
-"""Shared helpers: the real MNIST copy, and the real CLI run in a subprocess."""
+"""Shared helpers: the real MNIST copy, a training job run in this process through Hydra's
+compose API, and the real CLI run in a subprocess (the ``slow`` tier's end-to-end tests)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, open_dict
 
+from mnist_bench.__main__ import run_job
+from mnist_bench.cli import CONF_DIR
 from mnist_bench.data import DataError, ensure_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,13 +37,59 @@ def _data_root() -> Path:
 DATA_ROOT = _data_root()
 
 
-def run_cli(args: list[str], cwd: Path, module: str = "mnist_bench",
+def run_cli(args: list[str], cwd: Path, module: str | None = "mnist_bench",
             timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m <module> <args>`` in ``cwd`` with the data root set; never raises on failure."""
+    """``python -m <module> <args>`` (``python <args>`` without a module) in ``cwd`` with the
+    data root set; never raises on failure."""
     env = {**os.environ, "MNIST_DATA_ROOT": str(DATA_ROOT), "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    command = [sys.executable, *(["-m", module] if module else []), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def compose_job(overrides: list[str], launch_dir: Path) -> DictConfig:
+    """The config ``python -m mnist_bench <overrides>`` would run in ``launch_dir`` (on the real
+    MNIST copy unless ``data.root`` is given), with its ``hydra`` node; the job's output folder
+    is ``<launch_dir>/outputs/<n>``."""
+    if not any(o.startswith("data.root=") for o in overrides):
+        overrides = [f"data.root={DATA_ROOT}", *overrides]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(launch_dir)  # Hydra records it as the launch folder
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    output_dir = launch_dir / "outputs" / str(len(list(launch_dir.glob("outputs/*"))))
+    output_dir.mkdir(parents=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    return cfg
+
+
+@dataclass
+class Job:
+    """A job run in this process: its printed summary, its MLflow run id and output folder."""
+
+    stdout: str
+    run_id: str
+    output_dir: Path
+
+
+def run_in_process(overrides: list[str], launch_dir: Path) -> Job:
+    """Run one training job as the CLI does after Hydra composed its config (value checks,
+    training, tracking), in this process: no interpreter start, no imports to repeat. Errors
+    propagate as exceptions (``UserError`` for what the CLI prints as one message)."""
+    cfg = compose_job(overrides, launch_dir)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as Hydra hands the config to the task function
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        run_job(cfg)
+    match = re.search(r"run_id=(\w+)", out.getvalue())
+    assert match, f"no summary line in output:\n{out.getvalue()}"
+    return Job(out.getvalue(), match.group(1), Path(HydraConfig.get().runtime.output_dir))
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +124,22 @@ def sweep(tmp_path_factory, data_root):
                      cwd=cwd, module="mnist_bench.report")
     assert report.returncode == 0, report.stderr
     return cwd, MlflowClient(tracking_uri=sqlite_uri(cwd)), report
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory) -> Path:
+    """An empty SQLite store with MLflow's tables, copied per test to skip its slow migrations."""
+    folder = tmp_path_factory.mktemp("store_template")
+    MlflowClient(tracking_uri=sqlite_uri(folder)).search_experiments()
+    return folder / "mlflow.db"
+
+
+def copy_store(template: Path, folder: Path) -> str:
+    shutil.copy(template, folder / "mlflow.db")
+    return sqlite_uri(folder)
+
+
+@pytest.fixture
+def store(tmp_path, store_template) -> str:
+    """A fresh store in the test's folder (its launch folder's default ``mlflow.db``)."""
+    return copy_store(store_template, tmp_path)

@@ -1,15 +1,21 @@
-"""The real ``python -m mnist_bench`` in a subprocess, on the real MNIST copy, read back through
-MLflow's own client."""
+"""``python -m mnist_bench``: the job run in this process through Hydra's compose API (fast
+tier), the real command in a subprocess (``slow``), each read back through MLflow's client."""
 
+import hashlib
+import json
 import re
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from test_config import compose_cfg
 
-from conftest import run_cli, sqlite_uri
+from conftest import DATA_ROOT, run_cli, run_in_process, sqlite_uri
+from mnist_bench.cli import UserError
+from mnist_bench.data import configured_split, read_mnist
 
 SMALL = ["trainer.epochs=1", "data.max_train_samples=2000", "tracking.log_model=false"]
 
@@ -24,19 +30,17 @@ def run_id_of(stdout: str) -> str:
 def mlp_run(tmp_path_factory, data_root):
     """One full-data MLP epoch with the default tracking URI (mlflow.db in the launch folder)."""
     cwd = tmp_path_factory.mktemp("launch")
-    proc = run_cli(["model=mlp", "trainer.epochs=1", "optimizer.lr=0.001"], cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
+    job = run_in_process(["model=mlp", "trainer.epochs=1", "optimizer.lr=0.001"], cwd)
     client = MlflowClient(tracking_uri=sqlite_uri(cwd))
-    return proc, client, client.get_run(run_id_of(proc.stdout)), cwd
+    return job, client, client.get_run(job.run_id), cwd
 
 
 def test_run_finishes_with_summary_and_accuracy(mlp_run):
-    proc, _, run, cwd = mlp_run
+    job, _, run, cwd = mlp_run
     assert run.info.status == "FINISHED"
-    assert re.search(r"mlp lr=0.001: train_acc=0\.\d+ val_acc=0\.\d+ test_acc=0\.\d+", proc.stdout)
+    assert re.search(r"mlp lr=0.001: train_acc=0\.\d+ val_acc=0\.\d+ test_acc=0\.\d+", job.stdout)
     assert run.data.metrics["test_acc"] > 0.9  # fails if training is broken
-    assert "epoch 1/1" in proc.stderr  # the tqdm progress bar
-    assert (cwd / "mlflow.db").is_file() and list((cwd / "outputs").glob("*/*/.hydra"))
+    assert (cwd / "mlflow.db").is_file() and (job.output_dir / "checkpoint.pt").is_file()
 
 
 def test_params_tags_and_metric_history(mlp_run):
@@ -44,8 +48,9 @@ def test_params_tags_and_metric_history(mlp_run):
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     assert params["model.name"] == "mlp" and float(params["optimizer.lr"]) == 0.001
     assert params["trainer.batch_size"] == "64" and params["model.hidden"] == "[128, 32]"
+    assert params["data.loader"] == "tensor"  # an Enum is logged as its value
     assert tags["model"] == "mlp" and tags["optimizer"] == "adam" and tags["device"] == "cpu"
-    assert tags["hydra_overrides"] == "model=mlp trainer.epochs=1 optimizer.lr=0.001"
+    assert tags["hydra_overrides"].endswith("model=mlp trainer.epochs=1 optimizer.lr=0.001")
     assert re.fullmatch(r"[0-9a-f]{40}|unknown", tags["git_commit"])
     assert run.info.run_name == "model=mlp,optimizer.lr=0.001,trainer.epochs=1"
     for key in ("test_acc", "test_loss", "best_val_acc", "train_time_s", "n_params"):
@@ -55,17 +60,38 @@ def test_params_tags_and_metric_history(mlp_run):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1]
 
 
+def test_datasets_are_logged_as_inputs(mlp_run):
+    _, _, run, _ = mlp_run
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"mnist-train", "mnist-validation", "mnist-test"}
+    shapes = {name: json.loads(d.dataset.profile)["features_shape"] for name, d in inputs.items()}
+    assert shapes == {"mnist-train": [55_000, 28, 28], "mnist-validation": [5_000, 28, 28],
+                      "mnist-test": [10_000, 28, 28]}
+    contexts = {name: {t.key: t.value for t in d.tags}["mlflow.data.context"]
+                for name, d in inputs.items()}
+    assert contexts == {"mnist-train": "train", "mnist-validation": "validation",
+                        "mnist-test": "test"}
+    train_images, train_labels = read_mnist(DATA_ROOT, train=True)
+    val_idx = configured_split(compose_cfg().data)[1]
+    expected = hashlib.md5(train_images[val_idx].numpy().tobytes() +
+                           train_labels[val_idx].numpy().tobytes()).hexdigest()
+    assert inputs["mnist-validation"].dataset.digest == expected  # exactly those images
+    assert len({d.dataset.digest for d in inputs.values()}) == 3
+
+
 def test_artifacts_and_logged_model(mlp_run):
     _, client, run, cwd = mlp_run
     run_id = run.info.run_id
     mlflow.set_tracking_uri(sqlite_uri(cwd))  # runs:/ URIs resolve against the global URI
     names = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "hydra", "figures", "classification_report.txt",
-            "classification_report.json"} <= names
-    hydra_files = {a.path for a in client.list_artifacts(run_id, "hydra")}
-    assert {"hydra/config.yaml", "hydra/overrides.yaml"} <= hydra_files
+    assert {"config.yaml", "figures", "classification_report.txt",
+            "classification_report.json"} <= names  # hydra/: only a real launch writes it
     figures = {a.path for a in client.list_artifacts(run_id, "figures")}
     assert figures == {"figures/curves.png", "figures/confusion_matrix.png"}
+    report = json.loads(Path(client.download_artifacts(run_id, "classification_report.json",
+                                                       str(cwd))).read_text())
+    assert report["accuracy"] == pytest.approx(run.data.metrics["test_acc"])
+    assert sum(report[str(d)]["support"] for d in range(10)) == 10_000
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     images = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
     assert model(torch.from_numpy(images)).shape == (3, 10)
@@ -75,15 +101,12 @@ def test_artifacts_and_logged_model(mlp_run):
 
 
 def test_deterministic_runs_repeat_exactly_and_seed_zero_counts(tmp_path, data_root):
-    uri = sqlite_uri(tmp_path)
     common = ["model=lenet", "model.activation=relu", "trainer.deterministic=true",
-              f"tracking.uri={uri}", *SMALL]
-    ids = []
-    for seed in (0, 0, 42):  # 42 is the default: "seed or 42" would make runs 1 and 3 equal
-        proc = run_cli([*common, f"trainer.seed={seed}"], cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        ids.append(run_id_of(proc.stdout))
-    client = MlflowClient(tracking_uri=uri)
+              f"tracking.uri={sqlite_uri(tmp_path)}", *SMALL]
+    # 42 is the default: "seed or 42" would make runs 1 and 3 equal
+    ids = [run_in_process([*common, f"trainer.seed={seed}"], tmp_path).run_id
+           for seed in (0, 0, 42)]
+    client = MlflowClient(tracking_uri=sqlite_uri(tmp_path))
     metrics = [client.get_run(i).data.metrics for i in ids]
     keys = ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "test_loss")
     assert [metrics[0][k] for k in keys] == [metrics[1][k] for k in keys]
@@ -91,26 +114,33 @@ def test_deterministic_runs_repeat_exactly_and_seed_zero_counts(tmp_path, data_r
 
 
 @pytest.mark.parametrize("model", ["resnet18", "googlenet"])
-def test_large_models_train_through_the_cli(tmp_path, data_root, model):
-    proc = run_cli([f"model={model}", f"tracking.uri={sqlite_uri(tmp_path)}", "trainer.epochs=1",
-                    "data.max_train_samples=128", "data.val_size=256",
-                    "tracking.log_model=false"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    run = MlflowClient(tracking_uri=sqlite_uri(tmp_path)).get_run(run_id_of(proc.stdout))
-    assert run.info.status == "FINISHED" and run.data.tags["model"] == model
-    assert 0.0 <= run.data.metrics["test_acc"] <= 1.0
-
-
-def test_missing_data_gives_one_paragraph_and_no_run(tmp_path):
-    proc = run_cli([f"data.root={tmp_path / 'empty'}", f"tracking.uri={sqlite_uri(tmp_path)}"],
-                   cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    assert str(tmp_path / "empty" / "MNIST" / "raw") in proc.stderr
-    assert "train-images-idx3-ubyte" in proc.stderr and "t10k-labels-idx1-ubyte" in proc.stderr
+def test_large_models_train_and_report_consistent_metrics(tmp_path, data_root, model):
+    job = run_in_process([f"model={model}", "trainer.epochs=1", "data.max_train_samples=128",
+                          "data.val_size=256", "tracking.log_model=false"], tmp_path)
     client = MlflowClient(tracking_uri=sqlite_uri(tmp_path))
-    assert client.search_runs(experiment_ids=[e.experiment_id for e in
-                                              client.search_experiments()]) == []
+    run = client.get_run(job.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["model"] == model
+    report = json.loads(Path(client.download_artifacts(
+        job.run_id, "classification_report.json", str(tmp_path))).read_text())
+    assert report["accuracy"] == pytest.approx(run.data.metrics["test_acc"])  # two computations
+    assert np.isfinite(run.data.metrics["test_loss"])
+
+
+def test_missing_data_is_one_paragraph_and_no_run(tmp_path):
+    with pytest.raises(UserError) as err:
+        run_in_process([f"data.root={tmp_path / 'empty'}", *SMALL], tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in message
+    assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
+    client = MlflowClient(tracking_uri=sqlite_uri(tmp_path))
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_unavailable_cuda_is_a_clear_error(tmp_path, data_root):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(UserError, match="device=cuda was requested but cuda is not available"):
+        run_in_process(["device=cuda", *SMALL], tmp_path)
 
 
 def test_help_lists_groups_and_cfg_prints_config(tmp_path):
@@ -118,15 +148,34 @@ def test_help_lists_groups_and_cfg_prints_config(tmp_path):
     for line in ("model: googlenet, lenet, mlp, resnet18", "optimizer: adam, adamw, sgd",
                  "device: auto, cpu, cuda, mps"):
         assert line in help_text
+    assert "_schema" not in help_text.split("== Composed config ==")[0]
     cfg_text = run_cli(["--cfg", "job", "model=resnet18"], cwd=tmp_path).stdout
     assert "_target_: mnist_bench.models.resnet.resnet18_mnist" in cfg_text
     assert "batch_size: 64" in cfg_text
 
 
-def test_unavailable_cuda_is_a_clear_error(tmp_path):
-    proc = run_cli(["device=cuda", f"tracking.uri={sqlite_uri(tmp_path)}", *SMALL], cwd=tmp_path)
-    if torch.cuda.is_available():
-        assert proc.returncode == 0, proc.stderr
-    else:
-        assert proc.returncode != 0 and "Traceback" not in proc.stderr
-        assert "cuda is not available" in proc.stderr
+def test_config_error_is_one_message_before_torch_is_imported(tmp_path):
+    proc = run_cli(["trainer.epochs=0", "-c", "job"], cwd=tmp_path)  # --cfg: composes only
+    assert proc.returncode == 0
+    probe = ("import sys, runpy; sys.argv = ['mnist_bench', 'trainer.epochs=0']\n"
+             "try:\n    runpy.run_module('mnist_bench', run_name='__main__')\n"
+             "except SystemExit as e:\n"
+             "    print('torch' in sys.modules, 'mlflow' in sys.modules, e.code)\n")
+    proc = run_cli(["-c", probe], cwd=tmp_path, module=None)
+    assert proc.stdout.split() == ["False", "False", "1"], proc.stdout + proc.stderr
+    assert "trainer.epochs=0: must be an integer >= 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_quickstart_command_end_to_end(tmp_path, data_root):
+    """The README's command, as a user types it: default store in the launch folder."""
+    proc = run_cli(["model=mlp", "trainer.epochs=1"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = MlflowClient(tracking_uri=sqlite_uri(tmp_path)).get_run(run_id_of(proc.stdout))
+    assert run.info.status == "FINISHED" and run.data.metrics["test_acc"] > 0.85
+    assert "epoch 1/1" in proc.stderr  # the tqdm progress bar
+    assert list((tmp_path / "outputs").glob("*/*/.hydra"))
+    client = MlflowClient(tracking_uri=sqlite_uri(tmp_path))
+    hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, "hydra")}
+    assert {"hydra/config.yaml", "hydra/overrides.yaml"} <= hydra_files

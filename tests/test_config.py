@@ -50,7 +50,7 @@ def test_every_model_option_instantiates(model):
 def test_every_optimizer_option_instantiates(optimizer):
     cfg = compose_cfg(f"optimizer={optimizer}", "optimizer.lr=0.05")
     assert config_problems(cfg) == []
-    opt = build(cfg.optimizer)([torch.nn.Parameter(torch.zeros(3))])
+    opt = build(cfg.optimizer, "optimizer")([torch.nn.Parameter(torch.zeros(3))])
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
 
 
@@ -66,12 +66,25 @@ def test_wrong_type_is_rejected_while_composing():
 
 
 def test_value_problems_are_reported_one_per_line():
-    cfg = compose_cfg("trainer.epochs=0", "optimizer.lr=-1", "data.loader=pil")
+    cfg = compose_cfg("trainer.epochs=0", "optimizer.lr=-1", "data.val_size=0")
     problems = config_problems(cfg)
     assert len(problems) == 3
     assert any(p.startswith("trainer.epochs=0") for p in problems)
     assert any(p.startswith("optimizer.lr=-1") for p in problems)
-    assert any("data.loader='pil'" in p and "tensor, torch" in p for p in problems)
+    assert any(p.startswith("data.val_size=0") and "1..59999" in p for p in problems)
+
+
+def test_build_refuses_a_stored_node_with_another_target(tmp_path):
+    marker = tmp_path / "opened"
+    node = OmegaConf.create({"_target_": "builtins.open", "name": "mlp", "file": str(marker),
+                             "mode": "w"})
+    with pytest.raises(ValueError, match="model._target_='builtins.open'"):
+        build(node)
+    assert not marker.exists()
+    node = OmegaConf.create({"_target_": "mnist_bench.models.mlp.MLP", "name": "mlp",
+                             "hidden": [16], "extra": 1})
+    with pytest.raises(ValueError, match="model.extra"):
+        build(node)
 
 
 def test_experiment_preset_encodes_the_paper_grid():

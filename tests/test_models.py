@@ -39,3 +39,4 @@ def test_googlenet_trains_with_auxiliary_heads():
     assert logits.shape == (2, 10) and aux.item() > 0
     (torch.nn.functional.cross_entropy(logits, target) + aux).backward()
     assert model.net.aux1.fc2.weight.grad is not None
+

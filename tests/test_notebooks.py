@@ -32,6 +32,7 @@ def test_notebook_is_committed_without_outputs(path: Path):
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_headless(path: Path, small_settings, monkeypatch):
     for name, value in small_settings.items():

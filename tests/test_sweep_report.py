@@ -86,22 +86,21 @@ def test_report_is_logged_as_a_tagged_run(sweep):
     assert {"report/index.md", "report/table4_best.csv", "report/table_mlp.md"} <= files
 
 
-def test_report_without_runs_is_a_clear_error(tmp_path):
-    proc = run_cli(["--tracking-uri", sqlite_uri(tmp_path)], cwd=tmp_path,
-                   module="mnist_bench.report")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "experiment 'mnist_bench' does not exist" in proc.stderr
+def test_report_without_runs_is_a_clear_error(tmp_path, capsys):
+    assert report.main(["--tracking-uri", sqlite_uri(tmp_path)]) == 2
+    assert "experiment 'mnist_bench' does not exist" in capsys.readouterr().err
 
 
-def test_report_of_an_unknown_sweep_is_a_clear_error(sweep, tmp_path):
+def test_report_of_an_unknown_sweep_is_a_clear_error(sweep, tmp_path, capsys):
     cwd, _, _ = sweep
-    proc = run_cli(["--tracking-uri", sqlite_uri(cwd), "--sweep-id", "nope",
-                    "--out", str(tmp_path / "report")], cwd=cwd, module="mnist_bench.report")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "no training runs found for sweep 'nope' in experiment 'mnist_bench'" in proc.stderr
+    assert report.main(["--tracking-uri", sqlite_uri(cwd), "--sweep-id", "nope",
+                        "--out", str(tmp_path / "report")]) == 2
+    assert ("no training runs found for sweep 'nope' in experiment 'mnist_bench'"
+            in capsys.readouterr().err)
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.slow
 def test_failed_job_does_not_stop_the_sweep_or_the_report(tmp_path, data_root):
     """lr=1e12 with SGD diverges; the other job and the report survive, the sweep exits 1."""
     uri = sqlite_uri(tmp_path)

@@ -9,10 +9,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from test_cli import run_id_of
+from test_config import compose_cfg
 
-from conftest import REPO, run_cli, sqlite_uri
+from conftest import run_cli, run_in_process, sqlite_uri
 from mnist_bench.cli import UserError
-from mnist_bench.data import load_mnist, scale_images
+from mnist_bench.data import read_mnist, scale_images
 from mnist_bench.tsne import load_trained_model, penultimate_features, sample_mnist
 
 SMALL = ["n_samples=400"]
@@ -57,11 +58,9 @@ def store(tmp_path_factory) -> tuple[Path, MlflowClient]:
 def trained_mlp(store, data_root) -> tuple[str, Path]:
     """A one-epoch MLP logged to the store: its run id and its checkpoint."""
     folder, _ = store
-    proc = run_cli(["model=mlp", "trainer.epochs=1", "data.max_train_samples=5000",
-                    "optimizer.lr=0.001", f"tracking.uri={sqlite_uri(folder)}",
-                    f"hydra.run.dir={folder / 'train'}"], cwd=folder)
-    assert proc.returncode == 0, proc.stderr
-    return run_id_of(proc.stdout), folder / "train" / "checkpoint.pt"
+    job = run_in_process(["model=mlp", "trainer.epochs=1", "data.max_train_samples=5000",
+                          "optimizer.lr=0.001", f"tracking.uri={sqlite_uri(folder)}"], folder)
+    return job.run_id, job.output_dir / "checkpoint.pt"
 
 
 def test_pixel_map_is_tracked_and_clusters_the_digits(store, data_root):
@@ -89,7 +88,7 @@ def test_pixel_map_is_tracked_and_clusters_the_digits(store, data_root):
     points, labels = saved["embedding"], saved["labels"]
     assert points.shape == (400, 2) and np.isfinite(points).all()
     assert len(set(saved["indices"])) == 400  # 400 different images...
-    truth = load_mnist(data_root, train=True).targets.numpy()
+    truth = read_mnist(data_root, train=True)[1].numpy()
     np.testing.assert_array_equal(labels, truth[saved["indices"]])  # ...with their own labels
     ratios = own_centre_ratio(points, labels)
     assert max(ratios.values()) < 0.85, ratios  # every digit nearer its own centre
@@ -97,6 +96,7 @@ def test_pixel_map_is_tracked_and_clusters_the_digits(store, data_root):
     assert min(shuffled.values()) > 0.9  # the check fails for a map that ignores the labels
 
 
+@pytest.mark.slow
 def test_feature_map_of_a_model_trained_here(store, trained_mlp):
     folder, client = store
     run_id, _ = trained_mlp
@@ -116,12 +116,12 @@ def test_checkpoint_features_need_the_network_named(trained_mlp, data_root):
     cfg = OmegaConf.create({"model": None, "data": {"normalize": "unit"}})
     with pytest.raises(UserError, match="a checkpoint does not say which network"):
         load_trained_model(str(checkpoint), cfg)
-    cfg.model = OmegaConf.load(REPO / "conf" / "model" / "mlp.yaml")
+    cfg.model = compose_cfg("model=mlp").model  # as model=mlp composes it
     trained = load_trained_model(str(checkpoint), cfg)
     images, _, _ = sample_mnist(data_root, "test", 100, seed=0)
     features = penultimate_features(trained.network, scale_images(images, "unit"), 64)
     assert features.shape == (100, 32) and (features >= 0).all()  # after the MLP's ReLU
-    cfg.model = OmegaConf.load(REPO / "conf" / "model" / "lenet.yaml")
+    cfg.model = compose_cfg("model=lenet").model
     with pytest.raises(UserError, match="its weights do not fit model=lenet"):
         load_trained_model(str(checkpoint), cfg)
 
