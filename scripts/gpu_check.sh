@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for the performance issue: the benchmark and the Table 4 protocol on one H100/H200.
+# GPU check of the project's speed targets: the benchmark and the Table 4 protocol on one H100/H200.
 #
 # 1. Here, on a machine with PyPI access and the MNIST copy (no GPU needed), once:
 #        bash scripts/gpu_check.sh prepare
@@ -8,16 +8,19 @@
 #                    mlflow and their dependencies that the GPU image lacks, at the versions of
 #                    this project's virtualenv;
 #      .gpu/data/    the four raw MNIST files, gzipped (~11 MB; carried, never committed).
-#    and prints its size: with the working tree it must stay under the tool's 64 MiB.
-# 2. On the GPU machine, through the device tool, with carry [".gpu"] and timeout_s 600:
+#    and prints its size: with the working tree it must stay under 64 MiB, the most that is copied
+#    to the GPU machine.
+# 2. On the GPU machine, with .gpu/ copied into the working tree and a 600 s limit:
 #        bash scripts/gpu_check.sh run
-#    Results go to $OUT (at most 8 files come back): env.txt, tests.txt, bench_b64.md,
+#    Results go to $OUT (8 files): env.txt, tests.txt, bench_b64.md,
 #    bench_resnet18_b256.md, table4.txt, sweep.txt, report.tar.gz and gpu_check.log. Each step has
 #    its own time limit (595 s in all). On one H100 (2026-11-26) the six steps took 20, ~180, 36, 46,
 #    123 and 20 s: about 7.5 minutes, plus about 30 s to start the machine. The first run's
 #    benchmark limit (180 s) was too short by a few seconds; the limits here are the measured
 #    times with some room. docs/results/gpu_h100/ holds that run's files.
-#    GPU_CHECK_SMOKE=1 PYTHON=.venv/bin/python OUT=/tmp/x bash scripts/gpu_check.sh run
+#    Scratch files (wheels installed, MNIST unpacked, MLflow stores, sweep folders) go to a fresh
+#    folder from mktemp -d.
+#    GPU_CHECK_SMOKE=1 PYTHON=.venv/bin/python OUT=$(mktemp -d) bash scripts/gpu_check.sh run
 #    rehearses every step on a tiny setting on any machine (the CUDA-only parts fail or skip).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +32,7 @@ prepare() {
     mkdir -p "$GPU_DIR/wheels" "$GPU_DIR/data"
     echo '*' > "$GPU_DIR/.gitignore"
     # Every distribution that hydra-core and mlflow need, minus those the GPU image already has
-    # (/work/.library/device/KINDS.md lists them), pinned to this virtualenv's versions.
+    # (the list below is the GPU image's), pinned to this virtualenv's versions.
     local pins
     pins=$("$venv_py" - <<'EOF'
 import importlib.metadata as md, re
@@ -102,6 +105,7 @@ step() {  # step SECONDS NAME COMMAND...: run one step with a time limit, log ho
 
 run() {
     : "${OUT:?set OUT to the folder for the results}"
+    SCRATCH=$(mktemp -d) || exit 1  # wheels, MNIST, MLflow stores and sweep folders
     exec > >(tee "$OUT/gpu_check.log") 2>&1
     # Install only the carried wheels whose distribution the image lacks: never shadow its own.
     local wheels
@@ -117,12 +121,12 @@ EOF
     if [ -n "$wheels" ] && [ -z "${GPU_CHECK_SMOKE:-}" ]; then  # a smoke run uses its own venv
         # shellcheck disable=SC2086
         $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/site $wheels || exit 1
+            --target "$SCRATCH/site" $wheels || exit 1
     fi
     # (the training loop's progress bars stay on: TQDM_DISABLE does not reach a bar whose
     # disable= is passed explicitly, and the log reads fine once its carriage returns are split)
-    export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
-    export MNIST_DATA_ROOT=/tmp/mnist
+    export PYTHONPATH="$SCRATCH/site:$PWD" PYTHONUNBUFFERED=1
+    export MNIST_DATA_ROOT="$SCRATCH/mnist"
     mkdir -p "$MNIST_DATA_ROOT/MNIST/raw"
     for f in "$GPU_DIR"/data/*.gz; do
         gunzip -c "$f" > "$MNIST_DATA_ROOT/MNIST/raw/$(basename "$f" .gz)"
@@ -144,7 +148,7 @@ EOF
     # without CUDA graphs; compile/autotune time is the "overhead s" column.
     step 220 "benchmark, batch 64" $PY -m mnist_bench.bench --models mlp lenet resnet18 \
         --repeats 3 "${SMALL_BENCH[@]}" --variant 'no graphs: device.cuda_graphs=false' --output "$OUT/bench_b64.md"
-    # 2. The issue's ResNet-18 target is at batch 256 (the report path is left out: 8 s/epoch).
+    # 2. The project's ResNet-18 target is at batch 256 (the report path is left out: 8 s/epoch).
     step 45 "benchmark, ResNet-18 batch 256" $PY -m mnist_bench.bench --models resnet18 \
         --paths default fastest --batch-size 256 --repeats 3 "${SMALL_BENCH[@]}" \
         --variant 'no graphs: device.cuda_graphs=false' --output "$OUT/bench_resnet18_b256.md"
@@ -155,8 +159,8 @@ EOF
         optimizer.lr=0.02,0.01,0.0002,0.0001
     # 5. Tables 1-4 and the figures of the sweep, beside the report's numbers.
     step 30 "report of the sweep" $PY -m mnist_bench.report --all-runs --no-log \
-        --tracking-uri sqlite:////tmp/gpu_check/sweep/mlflow.db --out /tmp/gpu_check/report
-    tar -czf "$OUT/report.tar.gz" -C /tmp/gpu_check report
+        --tracking-uri "sqlite:///$SCRATCH/gpu_check/sweep/mlflow.db" --out "$SCRATCH/gpu_check/report"
+    tar -czf "$OUT/report.tar.gz" -C "$SCRATCH/gpu_check" report
 }
 
 cli_sweep() {  # cli_sweep SECONDS NAME FILE OVERRIDES...: a multirun of the CLI, timed whole
@@ -164,13 +168,13 @@ cli_sweep() {  # cli_sweep SECONDS NAME FILE OVERRIDES...: a multirun of the CLI
     shift 3
     t0=$(date +%s)
     step "$limit" "$name" $PY -m mnist_bench --multirun "$@" "${SMALL_CLI[@]}" tracking.log_model=false \
-        "tracking.uri=sqlite:////tmp/gpu_check/$file/mlflow.db" \
-        "hydra.sweep.dir=/tmp/gpu_check/$file/multirun" | tee "/tmp/gpu_check_$file.log"
+        "tracking.uri=sqlite:///$SCRATCH/gpu_check/$file/mlflow.db" \
+        "hydra.sweep.dir=$SCRATCH/gpu_check/$file/multirun" | tee "$SCRATCH/gpu_check_$file.log"
     {
         echo "command: python -m mnist_bench --multirun $* tracking.log_model=false"
-        grep "train_time_s=" "/tmp/gpu_check_$file.log"
+        grep "train_time_s=" "$SCRATCH/gpu_check_$file.log"
         echo "wall time of the whole multirun (imports, data, MLflow included): $(( $(date +%s) - t0 )) s"
-        grep "train_time_s=" "/tmp/gpu_check_$file.log" \
+        grep "train_time_s=" "$SCRATCH/gpu_check_$file.log" \
             | sed 's/.*train_time_s=\([0-9.]*\).*/\1/' | awk '{s += $1} END {print "sum of train_time_s:", s, "s"}'
     } > "$OUT/$file.txt"
     cat "$OUT/$file.txt"
