@@ -86,6 +86,7 @@ def run_in_process(overrides: list[str], launch_dir: Path) -> Job:
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.chdir(launch_dir)  # a new experiment's artifacts go to ./mlruns, as from the CLI
         run_job(cfg)
     match = re.search(r"run_id=(\w+)", out.getvalue())
     assert match, f"no summary line in output:\n{out.getvalue()}"

@@ -20,7 +20,13 @@ from omegaconf import OmegaConf
 from mnist_bench import bench
 from mnist_bench.config import DeviceConf, register_configs
 from mnist_bench.models.lenet import LeNet5
-from mnist_bench.train import DEFAULT_NUM_THREADS, apply_device_settings, prepare_model, train_epoch
+from mnist_bench.train import (
+    DEFAULT_NUM_THREADS,
+    apply_device_settings,
+    prepare_model,
+    seed_everything,
+    train_epoch,
+)
 from mnist_bench.train_step import (
     CUDAGraphTrainStep,
     TrainStep,
@@ -359,3 +365,10 @@ def test_cuda_graph_step_resumes_an_unfused_adam_state():
     for _ in range(step.warmup_steps + 2):
         step(x, y)
     assert step.graph is not None and step.seen == 16 * (step.warmup_steps + 2)
+
+
+def test_a_deterministic_job_does_not_leave_deterministic_kernels_on():
+    seed_everything(0, deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled()
+    seed_everything(0, deterministic=False)  # the next job of the same multirun process
+    assert not torch.are_deterministic_algorithms_enabled()
