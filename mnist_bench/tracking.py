@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import subprocess
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_bench import data, metrics, plots
+from mnist_bench.cli import UserError
 from mnist_bench.train import DivergedError
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,17 @@ def tracking_uri(configured: str | None, launch_dir: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def _uri_lock(uri: str) -> Iterator[None]:
-    """An exclusive lock, across the processes of this machine, named after ``uri``."""
-    digest = hashlib.md5(uri.encode(), usedforsecurity=False).hexdigest()
-    with (Path(tempfile.gettempdir()) / f"mnist_bench-store-{digest}.lock").open("a") as fh:
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock, across the processes of this machine, on a SQLite store: a file beside
+    it (``mlflow.db.lock``). Other stores are servers, which serialise their clients."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not db.parent.is_dir():
+        raise UserError(f"tracking store {uri}: the folder {db.parent} does not exist; create "
+                        "it or choose another tracking.uri")
+    with db.with_name(db.name + ".lock").open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed
         yield
 
@@ -65,7 +72,7 @@ def open_store(uri: str, experiment: str) -> None:
     this first contact; later writes wait on SQLite's busy timeout, which MLflow sets.
     """
     mlflow.set_tracking_uri(uri)
-    with _uri_lock(uri):
+    with _store_lock(uri):
         mlflow.set_experiment(experiment)
 
 

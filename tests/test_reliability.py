@@ -480,3 +480,16 @@ def test_two_jobs_writing_to_one_new_store_lose_nothing(tmp_path):
             assert [s for s, _ in history(uri, run.info.run_id, key)] == [1, 2, 3], key
         assert set(FINAL_KEYS) <= run.data.metrics.keys()
     assert len(runs[0].data.params) == len(runs[1].data.params) > 30
+
+
+# ---------------------------------------------------------------- tracking stores ---------
+
+def test_the_store_lock_lives_beside_the_store(tmp_path, store):
+    tracking.open_store(store, "locks")
+    assert (tmp_path / "mlflow.db.lock").is_file()
+
+
+def test_a_store_in_a_missing_folder_is_refused_not_created(tmp_path):
+    with pytest.raises(UserError, match=r"the folder .*nope does not exist"):
+        run_in_process([*FAST, f"tracking.uri=sqlite:///{tmp_path}/nope/mlflow.db"], tmp_path)
+    assert not (tmp_path / "nope").exists()
