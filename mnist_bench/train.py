@@ -60,10 +60,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     # Set both ways: jobs of a multirun share one process, so a deterministic job must not
-    # leave deterministic kernels on for the next one. Only on a change: the call imports
-    # torch's compiler stack (1.2 s on a 2-core CPU), which a plain run never needs otherwise.
-    if torch.are_deterministic_algorithms_enabled() != deterministic:
-        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # leave deterministic kernels on for the next one.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if deterministic:
         torch.backends.cudnn.benchmark = False
 

@@ -1,0 +1,58 @@
+"""Where the wall time of one ``python -m mnist_bench`` run goes, phase by phase.
+
+Wraps the job's main steps with timers, runs the real CLI in this process with the given
+overrides, and prints when each step started and how long it took, then the time at exit:
+
+    MNIST_DATA_ROOT=../shared/data python scripts/profile_run.py model=mlp trainer.epochs=1
+
+Steps that a configuration skips (e.g. ``log_model`` with ``tracking.log_model=false``) are not
+listed. Run it twice in the same folder to time a run against an existing store.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import sys
+import time
+from collections.abc import Callable
+from types import ModuleType
+
+START = time.perf_counter()
+from mnist_bench import __main__ as entry  # noqa: E402
+from mnist_bench import job, tracking  # noqa: E402  (torch, MLflow, matplotlib)
+
+IMPORTED = time.perf_counter()
+STEPS = {tracking: ["open_store", "log_config", "log_datasets", "log_evaluation", "log_model"],
+         job: ["build_splits", "fit", "evaluate"]}
+timings: list[tuple[str, float, float]] = [("imports", START, IMPORTED)]
+
+
+def timed(module: ModuleType, name: str) -> None:
+    original: Callable = getattr(module, name)
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        begin = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            timings.append((name, begin, time.perf_counter()))
+
+    setattr(module, name, wrapper)
+
+
+def report() -> None:
+    for name, begin, end in timings:
+        print(f"{name:16s} starts {begin - START:6.2f} s, takes {end - begin:5.2f} s",
+              file=sys.stderr)
+    print(f"{'exit':16s} at     {time.perf_counter() - START:6.2f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    for module, names in STEPS.items():
+        for name in names:
+            timed(module, name)
+    atexit.register(report)  # after the gc.freeze that __main__ registered: runs first
+    sys.argv = ["mnist_bench", *sys.argv[1:]]
+    entry.main()
