@@ -134,7 +134,7 @@ def build_setup(name: str, cfg: DictConfig, device: torch.device) -> Setup:
     torch.manual_seed(cfg.trainer.seed)  # every path starts from the same weights
     splits = build_splits(cfg.data, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, device,
                           cfg.trainer.seed)
-    model, step_model = prepare_model(build(cfg.model), device, cfg.device)
+    model, step_model = prepare_model(build(cfg.model, "model"), device, cfg.device)
     optimizer = build(cfg.optimizer, "optimizer")(model.parameters())
     return Setup(name, cfg, splits, make_train_step(model, step_model, optimizer, device,
                                                     cfg.device))

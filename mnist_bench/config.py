@@ -37,46 +37,20 @@ class Choice(str, Enum):
         return self.value
 
 
-class Loader(Choice):
-    tensor = "tensor"
-    torch = "torch"
+def choice(name: str, *values: str, module: str = __name__) -> type[Choice]:
+    """A :class:`Choice` whose members are named by their values; ``module`` is where it is
+    defined, so that its members pickle (a process launcher pickles the config)."""
+    return Choice(name, [(value, value) for value in values], module=module, qualname=name)
 
 
-class Normalize(Choice):
-    unit = "unit"
-    standard = "standard"
-
-
-class DeviceType(Choice):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-class Amp(Choice):
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Activation(Choice):
-    sigmoid = "sigmoid"
-    relu = "relu"
-
-
-class Pool(Choice):
-    avg = "avg"
-    max = "max"
-
-
-class ResNetStem(Choice):
-    imagenet = "imagenet"
-    small = "small"
-
-
-class GoogLeNetStem(Choice):
-    gray = "gray"
-    rgb = "rgb"
+Loader = choice("Loader", "tensor", "torch")
+Normalize = choice("Normalize", "unit", "standard")
+DeviceType = choice("DeviceType", "auto", "cpu", "cuda", "mps")
+Amp = choice("Amp", "bf16", "fp16")
+Activation = choice("Activation", "sigmoid", "relu")
+Pool = choice("Pool", "avg", "max")
+ResNetStem = choice("ResNetStem", "imagenet", "small")
+GoogLeNetStem = choice("GoogLeNetStem", "gray", "rgb")
 
 
 @dataclass
@@ -252,7 +226,7 @@ def group_node_problems(node: Any, group: str) -> list[str]:
     return _missing_problems(sorted(f"{group}.{k}" for k in OmegaConf.missing_keys(merged)))
 
 
-def build(node: DictConfig, group: str = "model") -> Any:
+def build(node: DictConfig, group: str) -> Any:
     """Instantiate a model or optimizer node that :func:`group_node_problems` accepts, dropping
     the ``name`` key that only labels the option. Raises ``ValueError`` otherwise."""
     from hydra.utils import instantiate

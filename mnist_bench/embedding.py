@@ -24,7 +24,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from tqdm import tqdm
 
-from mnist_bench.config import Choice
+from mnist_bench.config import choice
 
 log = logging.getLogger(__name__)
 logging.getLogger("openTSNE").setLevel(logging.WARNING)  # its INFO lines repeat our settings
@@ -38,9 +38,7 @@ SKLEARN_EXAGGERATION_ITER = 250  # fixed inside sklearn.manifold.TSNE
 POINTS_PER_THREAD = 25_000
 
 
-class TSNEBackend(Choice):
-    opentsne = "opentsne"
-    sklearn = "sklearn"
+TSNEBackend = choice("TSNEBackend", "opentsne", "sklearn", module=__name__)
 
 
 @dataclass

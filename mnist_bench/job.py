@@ -107,7 +107,7 @@ def train_and_track(cfg: DictConfig) -> float:
                               device, cfg.trainer.seed)
     except DataError as err:
         raise UserError(str(err)) from None
-    model, step_model = prepare_model(build(cfg.model), device, cfg.device)
+    model, step_model = prepare_model(build(cfg.model, "model"), device, cfg.device)
     optimizer = build(cfg.optimizer, "optimizer")(model.parameters())
     result = FitResult()
     if state is not None:

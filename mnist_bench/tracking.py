@@ -68,12 +68,18 @@ def open_store(uri: str, experiment: str) -> None:
     """Use the tracking store at ``uri`` and its ``experiment``, creating either if need be.
 
     MLflow creates a new SQLite store's tables, and a new experiment, by check-then-create: when
-    two jobs start at once (hydra/launcher=joblib), one of them fails. A file lock serialises
-    this first contact; later writes wait on SQLite's busy timeout, which MLflow sets.
+    two jobs start at once (hydra/launcher=joblib), one of them fails. For a SQLite store a file
+    lock serialises this first contact (later writes wait on SQLite's busy timeout, which MLflow
+    sets); against a server, the loser of the race finds the experiment on a second look.
     """
     mlflow.set_tracking_uri(uri)
     with _store_lock(uri):
-        mlflow.set_experiment(experiment)
+        try:
+            mlflow.set_experiment(experiment)
+        except mlflow.exceptions.MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            mlflow.set_experiment(experiment)  # a server's other client created it meanwhile
 
 
 def git_commit(cwd: str | Path) -> str:

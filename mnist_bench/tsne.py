@@ -32,23 +32,15 @@ from tqdm import tqdm
 
 from mnist_bench import checkpoint, embedding, plots, tracking
 from mnist_bench.cli import CONF_DIR, UserError, fail_job
-from mnist_bench.config import MODEL_SCHEMAS, Choice, DataConf, build, register_configs
+from mnist_bench.config import MODEL_SCHEMAS, DataConf, build, choice, register_configs
 from mnist_bench.data import DataError, ensure_mnist, read_mnist, scale_images
 from mnist_bench.embedding import TSNEParams
 
 log = logging.getLogger("mnist_bench.tsne")
 
 
-class Subset(Choice):
-    train = "train"
-    test = "test"
-
-
-class Source(Choice):
-    pixels = "pixels"
-    features = "features"
-
-
+Subset = choice("Subset", "train", "test", module=__name__)
+Source = choice("Source", "pixels", "features", module=__name__)
 MIN_SAMPLES = 50
 
 
@@ -130,7 +122,7 @@ class TrainedModel:
 
 def _with_weights(model_cfg: DictConfig, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     try:
-        network = build(model_cfg)
+        network = build(model_cfg, "model")
     except ValueError as err:
         raise UserError(f"model_uri={source!r}: its model config is refused: {err}") from None
     try:

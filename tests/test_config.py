@@ -41,7 +41,7 @@ def test_defaults_are_the_reports():
 def test_every_model_option_instantiates(model):
     cfg = compose_cfg(f"model={model}")
     assert config_problems(cfg) == []
-    net = build(cfg.model).eval()
+    net = build(cfg.model, "model").eval()
     with torch.no_grad():
         assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
@@ -79,12 +79,12 @@ def test_build_refuses_a_stored_node_with_another_target(tmp_path):
     node = OmegaConf.create({"_target_": "builtins.open", "name": "mlp", "file": str(marker),
                              "mode": "w"})
     with pytest.raises(ValueError, match="model._target_='builtins.open'"):
-        build(node)
+        build(node, "model")
     assert not marker.exists()
     node = OmegaConf.create({"_target_": "mnist_bench.models.mlp.MLP", "name": "mlp",
                              "hidden": [16], "extra": 1})
     with pytest.raises(ValueError, match="model.extra"):
-        build(node)
+        build(node, "model")
 
 
 def test_experiment_preset_encodes_the_paper_grid():

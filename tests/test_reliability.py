@@ -25,6 +25,7 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 from mlflow.entities import Run
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
 from mlflow.tracking import MlflowClient
 from test_config import compose_cfg
 
@@ -493,3 +494,22 @@ def test_a_store_in_a_missing_folder_is_refused_not_created(tmp_path):
     with pytest.raises(UserError, match=r"the folder .*nope does not exist"):
         run_in_process([*FAST, f"tracking.uri=sqlite:///{tmp_path}/nope/mlflow.db"], tmp_path)
     assert not (tmp_path / "nope").exists()
+
+
+def test_an_experiment_created_meanwhile_by_another_client_is_used(tmp_path, store, monkeypatch):
+    """Against a server there is no file lock: the loser of MLflow's check-then-create race
+    must look again, not fail."""
+    original, calls = tracking.mlflow.set_experiment, []
+
+    def lose_the_race_once(name):
+        calls.append(name)
+        if len(calls) == 1:
+            original(name)  # the other client
+            raise tracking.mlflow.exceptions.MlflowException(
+                f"Experiment '{name}' already exists.", error_code=RESOURCE_ALREADY_EXISTS)
+        return original(name)
+
+    monkeypatch.setattr(tracking.mlflow, "set_experiment", lose_the_race_once)
+    tracking.open_store(store, "raced")
+    assert calls == ["raced", "raced"]
+    assert MlflowClient(tracking_uri=store).get_experiment_by_name("raced") is not None
