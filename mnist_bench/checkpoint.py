@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
+ZIP_MAGIC = b"PK\x03\x04"
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "rng", "history", "train_time_s",
                    "best_val_acc", "mlflow_run_id")
 
@@ -58,8 +59,20 @@ def _load_failure(err: Exception) -> str:
     return " ".join(str(err).split())[:200]
 
 
+def _starts_as_zip(path: str | Path) -> bool:
+    """Whether the file begins like torch.save's zip archive (a cut one still does)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == ZIP_MAGIC
+    except OSError:
+        return True  # torch.load reports why it cannot be read
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``: tensors and plain containers, never code."""
+    if not _starts_as_zip(path):
+        raise CheckpointError(f"{path}: not a checkpoint (mnist_bench writes them with "
+                              "torch.save, as zip archives; this file is not one)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, OSError ...

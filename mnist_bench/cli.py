@@ -1,7 +1,9 @@
-"""What the command-line entry points share: where the configs live and how a job fails."""
+"""What the command-line entry points share: where the configs live, how a job fails, and that
+nothing read from a tracking store is unpickled."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -12,6 +14,10 @@ from hydra.types import RunMode
 # Absolute, so that Hydra finds it whether a module runs as __main__ or is imported by a
 # process launcher (hydra/launcher=joblib pickles the task function).
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# MLflow unpickles pickle-format models by default; a tampered store could then run code in
+# whatever loads a model (t-SNE's features). With this off, MLflow refuses such models and checks
+# that a pt2 archive holds no pickle. Every entry point imports this module first.
+os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
 
 
 class UserError(RuntimeError):

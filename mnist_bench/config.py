@@ -15,6 +15,7 @@ This module imports neither torch nor MLflow, so a config error costs no more th
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -183,13 +184,18 @@ MODEL_SCHEMAS: dict[str, type] = {
 }
 OPTIMIZER_SCHEMAS: dict[str, type] = {"adam": AdamConf, "adamw": AdamWConf, "sgd": SGDConf}
 GROUP_SCHEMAS = {"model": MODEL_SCHEMAS, "optimizer": OPTIMIZER_SCHEMAS}
+BATCH_NORM_MODELS = ("resnet18", "googlenet")
 
 
 def register_configs() -> None:
     """The top-level schema (first in ``conf/config.yaml``'s defaults) and one schema per option
     of the model and optimizer groups (first in each option's defaults); ``--help`` lists the
-    options through the ``mnist_bench_groups`` resolver."""
+    options through the ``mnist_bench_groups`` resolver, sweep folders end in ``launch_id``."""
     OmegaConf.register_new_resolver("mnist_bench_groups", lambda: group_options(CONF_DIR),
+                                    replace=True)
+    # Cached in the config, and Hydra copies that cache into every job's config (as for
+    # ${now:}): one value per launch, shared by its jobs, also in other processes.
+    OmegaConf.register_new_resolver("launch_id", lambda: secrets.token_hex(3), use_cache=True,
                                     replace=True)
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
@@ -277,6 +283,17 @@ def _optimizer_checks(opt: DictConfig) -> list[tuple[str, Any, bool, str]]:
     return checks
 
 
+def _batch_norm_checks(cfg: DictConfig) -> list[tuple[str, Any, bool, str]]:
+    """BatchNorm cannot train on a batch of one image (ResNet-18's and GoogLeNet's 1x1 maps)."""
+    if cfg.model.name not in BATCH_NORM_MODELS:
+        return []
+    why = f"at least 2 with model={cfg.model.name}: BatchNorm cannot train on one image"
+    # only 1 is checked here: 0 and below are range problems of their own
+    return [("trainer.batch_size", cfg.trainer.batch_size, cfg.trainer.batch_size != 1, why),
+            ("data.max_train_samples", cfg.data.max_train_samples,
+             cfg.data.max_train_samples != 1, f"null or {why}")]
+
+
 def _range_checks(cfg: DictConfig) -> list[tuple[str, Any, bool, str]]:
     trainer, data, device = cfg.trainer, cfg.data, cfg.device
     modes = compile_modes() if device.compile_mode is not None else []
@@ -318,5 +335,6 @@ def config_problems(cfg: DictConfig) -> list[str]:
                 + group_node_problems(cfg.optimizer, "optimizer"))
     if problems:
         return problems
-    checks = _model_checks(cfg.model) + _optimizer_checks(cfg.optimizer) + _range_checks(cfg)
+    checks = (_model_checks(cfg.model) + _optimizer_checks(cfg.optimizer) + _range_checks(cfg)
+              + _batch_norm_checks(cfg))
     return [f"{key}={value!r}: must be {allowed}" for key, value, ok, allowed in checks if not ok]

@@ -119,7 +119,10 @@ def verify_raw_files(root: str | Path, check_md5: bool = True) -> None:
     folder = raw_dir(root)
     problems = []
     for spec in RAW_FILES:
-        problem = _file_problem(folder / spec.name, spec, check_md5)
+        try:
+            problem = _file_problem(folder / spec.name, spec, check_md5)
+        except OSError as err:  # e.g. no read permission
+            problem = f"cannot be read ({err.strerror or type(err).__name__})"
         if problem:
             problems.append(f"  {folder / spec.name}: {problem}")
     if problems:

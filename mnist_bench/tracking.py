@@ -12,7 +12,9 @@ import fcntl
 import hashlib
 import logging
 import os
+import signal
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,6 +35,7 @@ from mnist_bench.train import DivergedError
 
 log = logging.getLogger(__name__)
 NOT_PARAMS = ("resume",)
+END_TAGS = {"interrupted", "error", "diverged", "diverged_epoch"}  # how an attempt ended
 # Keys that may differ when a run is resumed: where things are, not what is trained.
 RESUMABLE_CHANGES = ("data.root", "data.num_workers", "device.", "tracking.uri",
                      "tracking.run_name", "tracking.sweep_id", "tracking.log_model",
@@ -99,29 +102,69 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
 
 @contextlib.contextmanager
 def mlflow_run(run_id: str | None, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
-    """Start (or, with ``run_id``, reopen) a run and always end it with the right status."""
+    """Start (or, with ``run_id``, reopen) a run and always end it with the right status.
+
+    A reopened run drops the tags of how it ended before (``interrupted``, ``error``, ...): they
+    described the attempt that this one continues."""
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags))
     run_id = run.info.run_id
+    for stale in END_TAGS & run.data.tags.keys():
+        mlflow.delete_tag(stale)
     try:
         yield run_id
     except DivergedError as err:
-        mlflow.set_tags({"diverged": "true", "diverged_epoch": str(err.epoch)})
-        mlflow.end_run("FAILED")
-        log.error("%s; MLflow run %s ended FAILED with diverged=true", err, run_id)
+        end_run(run_id, "FAILED", {"diverged": "true", "diverged_epoch": str(err.epoch)},
+                f"{err}; MLflow run {run_id} ended FAILED with diverged=true")
         raise
     except KeyboardInterrupt:
-        mlflow.set_tag("interrupted", "true")
-        mlflow.end_run("KILLED")
-        log.error("interrupted: MLflow run %s ended KILLED; the last complete checkpoint is "
-                  "kept; continue with resume=%s", run_id, run_id)
+        end_run(run_id, "KILLED", {"interrupted": "true"},
+                f"interrupted: MLflow run {run_id} ended KILLED; the last complete checkpoint is "
+                f"kept; continue with resume={run_id}")
         raise
     except BaseException as err:
-        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
-        mlflow.end_run("FAILED")
-        log.error("MLflow run %s ended FAILED (%s)", run_id, type(err).__name__)
+        end_run(run_id, "FAILED", {"error": f"{type(err).__name__}: {err}"[:5000]},
+                f"MLflow run {run_id} ended FAILED ({type(err).__name__})")
         raise
     else:
-        mlflow.end_run("FINISHED")
+        end_run(run_id, "FINISHED")
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done, then raise KeyboardInterrupt if one came:
+    a second Ctrl-C must not cut short the writes that end a run. Main thread only (Python
+    delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt(f"received signal {received[0]} while ending the run")
+
+
+def end_run(run_id: str, status: str, tags: Mapping[str, str] | None = None,
+            message: str | None = None) -> None:
+    """Tag how the run ended, end it with ``status`` and log ``message``, with signals held.
+    The tags are the less important write: when they fail (a full disk, a store error) the run
+    still ends."""
+    with signals_held():
+        try:
+            if tags:
+                mlflow.set_tags(dict(tags))
+        except Exception as err:
+            log.error("MLflow run %s: could not record %s (%s)", run_id, ", ".join(tags),
+                      " ".join(str(err).split())[:200] or type(err).__name__)
+        mlflow.end_run(status)
+        if message:
+            log.error("%s", message)
 
 
 def resume_problems(cfg: DictConfig, run: Run) -> list[str]:

@@ -28,11 +28,18 @@ DEFAULT_NUM_THREADS = torch.get_num_threads()  # torch's choice, before any conf
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
+# Cross-entropy over 10 classes starts near ln 10 = 2.30; a healthy epoch's mean never comes
+# near a hundred times that, a run whose weights blow up (e.g. lr=1e9) reaches 1e30.
+RUNAWAY_LOSS = 100 * math.log(10)
+
+
 class DivergedError(ReportedError):
-    """The training loss became NaN or infinite."""
+    """The epoch's mean training loss became NaN, infinite, or over :data:`RUNAWAY_LOSS`."""
 
     def __init__(self, epoch: int, loss: float) -> None:
-        super().__init__(f"training diverged at epoch {epoch}: loss={loss}")
+        why = "" if not math.isfinite(loss) else (
+            f", over {RUNAWAY_LOSS:.0f} (100 times the chance-level loss ln 10)")
+        super().__init__(f"training diverged at epoch {epoch}: loss={loss:.4g}{why}")
         self.epoch, self.loss = epoch, loss
 
 
@@ -116,9 +123,9 @@ def train_epoch(step: TrainStep, batches: Iterable, epoch: int, desc: str, refre
 
 
 def checked_running(step: TrainStep, epoch: int) -> tuple[float, float]:
-    """The epoch's running loss and accuracy; :class:`DivergedError` if the loss is not finite."""
+    """The epoch's running loss and accuracy; :class:`DivergedError` if the loss ran away."""
     loss, acc = step.running()
-    if not math.isfinite(loss):
+    if not math.isfinite(loss) or loss > RUNAWAY_LOSS:
         raise DivergedError(epoch, loss)
     return loss, acc
 

@@ -111,6 +111,14 @@ BAD_VALUES = {
     "optimizer target": (["optimizer._target_=os.system"],
                          "optimizer._target_='os.system': optimizer=adam must build "
                          "torch.optim.Adam; other targets are refused"),
+    "one training image for BatchNorm": (
+        ["model=resnet18", "data.max_train_samples=1"],
+        "data.max_train_samples=1: must be null or at least 2 with model=resnet18: BatchNorm "
+        "cannot train on one image"),
+    "batches of one image for BatchNorm": (
+        ["model=googlenet", "trainer.batch_size=1"],
+        "trainer.batch_size=1: must be at least 2 with model=googlenet: BatchNorm cannot train "
+        "on one image"),
     "missing value": (["optimizer.lr=???"],
                       "optimizer.lr: required value is missing (set it on the command line)"),
     "missing group": (["~model"], "model: required value is missing (set it on the command line)"),
@@ -255,6 +263,22 @@ def test_job_reports_every_bad_file_and_trains_nothing(tmp_path, data_root, stor
     assert all_runs(store) == []
 
 
+def test_an_unreadable_file_is_named_not_a_traceback(tmp_path, data_root, store, monkeypatch):
+    """Root reads any file, so the refusal is injected where the file is opened."""
+    raw = raw_copy(tmp_path, data_root)
+    locked, open_file = raw / "t10k-labels-idx1-ubyte", Path.open
+
+    def no_permission(path, *args, **kwargs):
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return open_file(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", no_permission)
+    with pytest.raises(UserError, match=rf"{locked}: cannot be read \(Permission denied\)"):
+        run_in_process([*FAST, f"data.root={tmp_path}", f"tracking.uri={store}"], tmp_path)
+    assert all_runs(store) == []
+
+
 def test_labels_outside_0_to_9_are_refused_without_md5(tmp_path, data_root, store):
     raw = raw_copy(tmp_path, data_root)
     labels = bytearray(real(data_root, "train-labels-idx1-ubyte"))
@@ -282,6 +306,16 @@ def test_download_attempt_is_bounded_and_clear(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ diverging runs ---------
+
+def test_runaway_finite_loss_fails_tagged_and_explained(tmp_path, store):
+    """Adam at lr=1e9 keeps the loss finite (about 1e30) but trains nothing."""
+    with pytest.raises(DivergedError, match=r"diverged at epoch 1: loss=\S+, over 230 \(100 times"):
+        run_in_process(["optimizer.lr=1e9", "trainer.epochs=2", *FAST, f"tracking.uri={store}"],
+                       tmp_path)
+    run = only_run(store)
+    assert run.info.status == "FAILED" and run.data.tags["diverged"] == "true"
+    assert "test_acc" not in run.data.metrics
+
 
 def test_diverging_job_fails_tagged_and_explained(tmp_path, store):
     with pytest.raises(DivergedError, match="training diverged at epoch 1: loss=(nan|inf)"):
@@ -316,9 +350,10 @@ def test_sigterm_ends_run_killed_and_keeps_a_loadable_checkpoint(tmp_path, store
             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
         path = wait_for_checkpoint(tmp_path, proc)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == INTERRUPTED
+        status = proc.wait(timeout=120)
         out.seek(0)
         output = out.read()
+    assert status == INTERRUPTED, output
     run = only_run(store)
     run_id = run.info.run_id
     assert run.info.status == "KILLED" and run.data.tags["interrupted"] == "true"
@@ -328,6 +363,64 @@ def test_sigterm_ends_run_killed_and_keeps_a_loadable_checkpoint(tmp_path, store
     steps = [s for s, _ in history(store, run_id, "val_acc")]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) in (state["epoch"] - 1,
                                                                        state["epoch"])
+
+
+def test_a_second_ctrl_c_during_the_cleanup_still_ends_the_run_killed(tmp_path, store,
+                                                                      monkeypatch, caplog):
+    """The second SIGINT is sent from inside the cleanup's first write, where a user's second
+    Ctrl-C 10 ms after the first one lands."""
+    stop_after("checkpoint", 1, monkeypatch)
+    for name in ("set_tag", "set_tags"):
+        original = getattr(tracking.mlflow, name)
+
+        def second_ctrl_c(*args, _original=original, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(tracking.mlflow, name, second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process([*FAST, "trainer.epochs=3", f"tracking.uri={store}"], tmp_path)
+    run = only_run(store)
+    assert run.info.status == "KILLED" and run.data.tags["interrupted"] == "true"
+    assert f"MLflow run {run.info.run_id} ended KILLED" in caplog.text
+
+
+def test_a_full_disk_while_recording_the_error_still_ends_the_run_failed(tmp_path, store,
+                                                                         monkeypatch, caplog):
+    """Writing the ``error`` tag fails as on a full disk; the run must not stay RUNNING."""
+    def broken_fit(*_args, **_kwargs):
+        raise RuntimeError("something broke in training")
+
+    def disk_full(*_args, **_kwargs):
+        raise tracking.mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database "
+                                                         "or disk is full")
+
+    monkeypatch.setattr(job, "fit", broken_fit)
+    monkeypatch.setattr(tracking.mlflow, "set_tag", disk_full)
+    monkeypatch.setattr(tracking.mlflow, "set_tags", disk_full)
+    with pytest.raises(RuntimeError, match="something broke"):
+        run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)
+    run = only_run(store)
+    assert run.info.status == "FAILED"
+    assert "could not record error (" in caplog.text and "disk is full" in caplog.text
+
+
+@pytest.mark.slow
+def test_two_ctrl_c_10_ms_apart_end_the_run_killed_with_one_message(tmp_path, store, data_root):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_bench", *FAST, "trainer.epochs=1000",
+         f"data.root={data_root}", f"tracking.uri={store}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_checkpoint(tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0]
+    run = only_run(store)
+    assert run.info.status == "KILLED", output
+    assert f"MLflow run {run.info.run_id} ended KILLED" in output
+    assert proc.returncode == INTERRUPTED and "Traceback" not in output, output
 
 
 def test_checkpoint_survives_a_kill_while_it_is_rewritten(tmp_path, monkeypatch):
@@ -434,6 +527,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, store, uninterrupt
     assert resumed.run.info.run_id == killed.info.run_id
     assert resumed.run.info.status == "FINISHED"
     assert resumed.run.data.tags["resumed_from_epoch"] == "2"
+    assert "interrupted" not in resumed.run.data.tags  # that described the first attempt
     assert resumed.curves == uninterrupted.curves  # steps 1..4 once each, identical values
     assert [s for s, _ in resumed.curves["val_acc"]] == [1, 2, 3, 4]
     for key in FINAL_KEYS:
@@ -441,6 +535,14 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, store, uninterrupt
         assert len(history(store, killed.info.run_id, key)) == 1
     assert resumed.weights.keys() == uninterrupted.weights.keys()
     assert all(torch.equal(resumed.weights[k], uninterrupted.weights[k]) for k in resumed.weights)
+
+
+def test_resume_from_a_file_that_is_no_checkpoint_says_so(tmp_path, store):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("epoch 3 looked good\n")
+    with pytest.raises(UserError, match=r"notes.txt: not a checkpoint \(mnist_bench writes"):
+        run_in_process([*FAST, f"tracking.uri={store}", f"resume={notes}"], tmp_path)
+    assert all_runs(store) == []
 
 
 def test_resume_refuses_a_finished_run(uninterrupted):

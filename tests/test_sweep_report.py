@@ -1,7 +1,10 @@
 """A small real sweep on real data, then the report command, read back through MLflow."""
 
 import csv
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -9,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import SMALL_SWEEP, run_cli, sqlite_uri
-from mnist_bench import report
+from conftest import SMALL_SWEEP, compose_job, run_cli, sqlite_uri
+from mnist_bench import checkpoint, report
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -129,3 +132,32 @@ def test_runs_that_share_a_learning_rate_each_keep_their_curve():
     assert by_label == {"lr=0.01 (aaaaaaa)": [{"val_acc": 0.0}],
                         "lr=0.01 (bbbbbbb)": [{"val_acc": 1.0}],
                         "lr=0.001": [{"val_acc": 2.0}]}
+
+
+def test_each_launch_gets_its_own_sweep_folder(tmp_path):
+    """The folder Hydra's launcher creates, resolved as it does: stable within one launch."""
+    dirs = []
+    for _ in range(2):
+        cfg = compose_job(["trainer.epochs=1"], tmp_path)
+        dirs.append(cfg.hydra.sweep.dir)
+        assert cfg.hydra.sweep.dir == dirs[-1]  # the cached draw, not a new one per read
+    assert dirs[0] != dirs[1]
+    assert re.fullmatch(r"multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-[0-9a-f]{6}", dirs[0])
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_keep_apart(tmp_path, data_root):
+    uri = sqlite_uri(tmp_path)
+    args = [sys.executable, "-m", "mnist_bench", "--multirun", "model=mlp", "optimizer.lr=0.01",
+            f"tracking.uri={uri}", *SMALL_SWEEP]
+    env = {**os.environ, "MNIST_DATA_ROOT": str(data_root)}
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert all(p.wait(timeout=300) == 0 for p in procs), [p.stderr.read() for p in procs]
+    runs = training_runs(MlflowClient(tracking_uri=uri))
+    assert len(runs) == 2 and len({r.data.tags["sweep_id"] for r in runs}) == 2
+    checkpoints = [Path(r.data.tags["checkpoint"]) for r in runs]
+    assert checkpoints[0] != checkpoints[1]
+    for run, path in zip(runs, checkpoints, strict=True):
+        assert checkpoint.load_checkpoint(path)["mlflow_run_id"] == run.info.run_id
+        assert run.data.tags["sweep_id"] in str(path).replace("\\", "/")

@@ -4,16 +4,20 @@ through MLflow's own client."""
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from test_cli import run_id_of
 from test_config import compose_cfg
 
 from conftest import run_cli, run_in_process, sqlite_uri
+from mnist_bench import tracking
 from mnist_bench.cli import UserError
 from mnist_bench.data import read_mnist, scale_images
+from mnist_bench.models.mlp import MLP
 from mnist_bench.tsne import load_trained_model, penultimate_features, sample_mnist
 
 SMALL = ["n_samples=400"]
@@ -142,3 +146,47 @@ def test_bad_selections_give_a_clear_error_and_no_run(store):
         output = proc.stdout + proc.stderr
         assert expected in output and "Traceback" not in output, output
     assert len(tsne_runs(client)) == runs_before
+
+
+class Trap(torch.nn.Linear):
+    """A model whose unpickling opens (creates) ``marker``: what a tampered store could hold."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__(2, 2)
+        self.marker = marker
+
+    def __reduce_ex__(self, _protocol):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickled_model_in_the_store_is_refused_unopened(store, trained_mlp, tmp_path):
+    folder, client = store
+    mlflow.set_tracking_uri(sqlite_uri(folder))
+    config = mlflow.artifacts.load_text(f"runs:/{trained_mlp[0]}/config.yaml")
+    marker = tmp_path / "code_ran"
+    with mlflow.start_run() as run:
+        mlflow.log_text(config, "config.yaml")
+        mlflow.pytorch.log_model(Trap(marker), name="model", serialization_format="pickle")
+    model_uri = f"runs:/{run.info.run_id}/model"
+    cfg = OmegaConf.create({"model": None, "data": {"normalize": "unit"}})
+    with pytest.raises(UserError, match="Deserializing model using pickle is disallowed"):
+        load_trained_model(model_uri, cfg)
+    assert not marker.exists()
+    saved = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path)))
+    torch.load(saved / "data" / "model.pth", weights_only=False)  # the trap is real:
+    assert marker.exists()  # a plain unpickle runs it
+
+
+def test_a_stored_config_with_a_foreign_target_is_refused(store, trained_mlp, tmp_path):
+    folder, _ = store
+    mlflow.set_tracking_uri(sqlite_uri(folder))
+    config = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{trained_mlp[0]}/config.yaml"))
+    marker = tmp_path / "created_by_open"
+    config.model = {"_target_": "builtins.open", "name": "mlp", "file": str(marker), "mode": "w"}
+    with mlflow.start_run() as run:  # a real model beside a tampered config.yaml
+        mlflow.log_text(OmegaConf.to_yaml(config), "config.yaml")
+        tracking.log_model(MLP(), torch.rand(2, 1, 28, 28))
+    cfg = OmegaConf.create({"model": None, "data": {"normalize": "unit"}})
+    with pytest.raises(UserError, match="model._target_='builtins.open'"):
+        load_trained_model(f"runs:/{run.info.run_id}/model", cfg)
+    assert not marker.exists()
