@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_bench import checkpoint, tracking
+from mnist_bench import checkpoint, runs, tracking
 from mnist_bench.cli import UserError
 from mnist_bench.config import build
 from mnist_bench.data import DataError, build_splits
@@ -68,6 +68,10 @@ def load_resume_state(cfg: DictConfig) -> dict[str, Any]:
     except mlflow.exceptions.MlflowException:
         raise UserError(f"resume={cfg.resume!r}: the checkpoint's MLflow run {run_id} is not in "
                         f"the tracking store {mlflow.get_tracking_uri()}") from None
+    if run.info.status == "RUNNING" and runs.writer_state(run) == runs.ALIVE:
+        tags = run.data.tags
+        raise UserError(f"resume={cfg.resume!r}: MLflow run {run_id} is being written by "
+                        f"process {tags['pid']} on {tags['host']}; wait for it to end or stop it")
     problems = tracking.resume_problems(cfg, run)
     if problems:
         raise UserError(f"resume={cfg.resume!r} cannot continue MLflow run {run_id}:\n  "
@@ -120,7 +124,8 @@ def train_and_track(cfg: DictConfig) -> float:
     run_name = cfg.tracking.run_name or HydraConfig.get().job.override_dirname or "defaults"
     ckpt_path = output_dir / checkpoint.CHECKPOINT_NAME
     tags |= {"model": model_name, "optimizer": opt_name, "device": str(device),
-             "git_commit": tracking.git_commit(launch_dir), "checkpoint": str(ckpt_path)}
+             "git_commit": tracking.git_commit(launch_dir), "checkpoint": str(ckpt_path),
+             **runs.writer_tags()}
     if cfg.tracking.sweep_id:
         tags["sweep_id"] = cfg.tracking.sweep_id
     if state is not None:  # this job's folder holds the checkpoint that the run tag names

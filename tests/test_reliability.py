@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from test_config import compose_cfg
 
 from conftest import copy_store, run_cli, run_in_process, sqlite_uri
-from mnist_bench import checkpoint, data, job, tracking
+from mnist_bench import checkpoint, data, job, runs, tracking
 from mnist_bench.cli import UserError
 from mnist_bench.config import config_problems
 from mnist_bench.train import DivergedError, fit
@@ -408,10 +408,13 @@ def test_a_full_disk_while_recording_the_error_still_ends_the_run_failed(tmp_pat
 @pytest.mark.slow
 def test_two_ctrl_c_10_ms_apart_end_the_run_killed_with_one_message(tmp_path, store, data_root):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # As in a terminal: a shell starts background jobs (CI's too) with SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen(
         [sys.executable, "-m", "mnist_bench", *FAST, "trainer.epochs=1000",
          f"data.root={data_root}", f"tracking.uri={store}"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_checkpoint(tmp_path, proc)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.01)
@@ -615,3 +618,72 @@ def test_an_experiment_created_meanwhile_by_another_client_is_used(tmp_path, sto
     tracking.open_store(store, "raced")
     assert calls == ["raced", "raced"]
     assert MlflowClient(tracking_uri=store).get_experiment_by_name("raced") is not None
+
+
+# ------------------------------------------------------------ writers that are alive or gone ---
+
+def test_resume_refuses_a_run_that_a_live_process_writes(tmp_path, store, monkeypatch):
+    with monkeypatch.context() as patch:
+        stop_after("metrics", 1, patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_in_process([*FAST, "trainer.epochs=3", f"tracking.uri={store}"], tmp_path)
+    held = only_run(store)  # its writer tags name this (live) test process
+    MlflowClient(tracking_uri=store).update_run(held.info.run_id, status="RUNNING")
+    with pytest.raises(UserError, match=rf"MLflow run {held.info.run_id} is being written by "
+                                        rf"process {os.getpid()} on "):
+        run_in_process([*FAST, "trainer.epochs=3", f"tracking.uri={store}",
+                        f"resume={held.info.run_id}"], tmp_path)
+    assert [s for s, _ in history(store, held.info.run_id, "val_acc")] == [1]  # untouched
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_runs_command_ends_only_the_runs_whose_process_is_gone(store, capsys):
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.create_experiment("mnist_bench")
+    me = runs.writer_tags()
+    writers = {"gone": me | {"pid": str(dead_pid())},
+               "alive": me,
+               "recycled pid": me | {"pid_start": "1"},  # same PID, another process
+               "other host": me | {"host": "elsewhere.example"}}
+    ids = {name: client.create_run(experiment, tags=tags, run_name=name).info.run_id
+           for name, tags in writers.items()}
+    assert runs.main(["--tracking-uri", store]) == 0
+    listing = capsys.readouterr().out
+    assert "4 RUNNING run(s)" in listing and "; 2 whose process is gone" in listing
+    assert {client.get_run(i).info.status for i in ids.values()} == {"RUNNING"}  # only listed
+
+    assert runs.main(["--tracking-uri", store, "--close"]) == 0
+    assert "; 2 ended KILLED" in capsys.readouterr().out
+    status = {name: client.get_run(i).info.status for name, i in ids.items()}
+    assert status == {"gone": "KILLED", "alive": "RUNNING", "recycled pid": "KILLED",
+                      "other host": "RUNNING"}
+    assert client.get_run(ids["gone"]).data.tags["interrupted"] == "true"
+    for name in ("alive", "other host"):
+        client.set_terminated(ids[name], "KILLED")
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_is_closed_then_resumed(tmp_path, store, data_root):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    args = [*FAST, "trainer.epochs=30", f"data.root={data_root}", f"tracking.uri={store}"]
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_bench", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(tmp_path, proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    run_id = only_run(store).info.run_id
+    assert only_run(store).info.status == "RUNNING"  # nothing could end it
+    closing = run_cli(["--tracking-uri", store, "--close"], cwd=tmp_path,
+                      module="mnist_bench.runs")
+    assert closing.returncode == 0 and f"resume={run_id}" in closing.stdout, closing.stderr
+    assert only_run(store).info.status == "KILLED"
+    resumed = run_cli([*args, f"resume={run_id}"], cwd=tmp_path)
+    assert resumed.returncode == 0, output_of(resumed)
+    run = only_run(store)
+    assert run.info.status == "FINISHED" and "interrupted" not in run.data.tags
+    assert [s for s, _ in history(store, run_id, "val_acc")] == list(range(1, 31))
