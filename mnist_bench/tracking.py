@@ -13,9 +13,11 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
@@ -35,6 +37,7 @@ from mnist_bench.train import DivergedError
 
 log = logging.getLogger(__name__)
 NOT_PARAMS = ("resume",)
+SERVER_TIMEOUT_S = 10.0
 END_TAGS = {"interrupted", "error", "diverged", "diverged_epoch"}  # how an attempt ended
 # Keys that may differ when a run is resumed: where things are, not what is trained.
 RESUMABLE_CHANGES = ("data.root", "data.num_workers", "device.", "tracking.uri",
@@ -68,21 +71,56 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 
 def open_store(uri: str, experiment: str) -> None:
-    """Use the tracking store at ``uri`` and its ``experiment``, creating either if need be.
+    """Use the tracking store at ``uri`` and its ``experiment``, creating either if need be;
+    :class:`UserError` in one line if the store cannot be used (a server that does not answer,
+    a file that is not an MLflow database, a file-store path that MLflow 3 refuses).
 
     MLflow creates a new SQLite store's tables, and a new experiment, by check-then-create: when
     two jobs start at once (hydra/launcher=joblib), one of them fails. For a SQLite store a file
     lock serialises this first contact (later writes wait on SQLite's busy timeout, which MLflow
     sets); against a server, the loser of the race finds the experiment on a second look.
     """
+    _check_server_answers(uri)
     mlflow.set_tracking_uri(uri)
     with _store_lock(uri):
         try:
-            mlflow.set_experiment(experiment)
-        except mlflow.exceptions.MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            mlflow.set_experiment(experiment)  # a server's other client created it meanwhile
+            _set_experiment(experiment)
+        except Exception as err:  # MlflowException, SQLAlchemy's errors, OSError ...
+            raise UserError(f"tracking store {uri} cannot be used: {_sentences(err)}\n  Point "
+                            "tracking.uri (or $MLFLOW_TRACKING_URI) at an MLflow store: "
+                            "sqlite:///<folder>/mlflow.db or http://<host>:<port>") from None
+
+
+def _sentences(err: Exception, limit: int = 300) -> str:
+    """The error's message on one line, cut after its last whole sentence within ``limit``."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    return cut[:cut.rfind(". ") + 1] or cut
+
+
+def _set_experiment(experiment: str) -> None:
+    try:
+        mlflow.set_experiment(experiment)
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        mlflow.set_experiment(experiment)  # a server's other client created it meanwhile
+
+
+def _check_server_answers(uri: str) -> None:
+    """A tracking server that cannot be reached is refused at once: MLflow's own client retries
+    for about four minutes before it gives up."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=SERVER_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(f"tracking store {uri} cannot be reached ({err.strerror or err}); start "
+                        "the server, or point tracking.uri at one that runs") from None
 
 
 def git_commit(cwd: str | Path) -> str:

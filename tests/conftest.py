@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict
 from mnist_bench.__main__ import run_job
 from mnist_bench.cli import CONF_DIR
 from mnist_bench.data import DataError, ensure_mnist
+from mnist_bench.tsne import embed_and_track
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,17 +49,21 @@ def run_cli(args: list[str], cwd: Path, module: str | None = "mnist_bench",
                           timeout=timeout)
 
 
-def compose_job(overrides: list[str], launch_dir: Path) -> DictConfig:
-    """The config ``python -m mnist_bench <overrides>`` would run in ``launch_dir`` (on the real
-    MNIST copy unless ``data.root`` is given), with its ``hydra`` node; the job's output folder
-    is ``<launch_dir>/outputs/<n>``."""
+# The configs of the Hydra commands, and the function each runs once Hydra has composed it.
+APPS = {"config": run_job, "tsne": embed_and_track}
+
+
+def compose_job(overrides: list[str], launch_dir: Path, app: str = "config") -> DictConfig:
+    """The config ``python -m mnist_bench <overrides>`` (``app="tsne"``: ``mnist_bench.tsne``)
+    would run in ``launch_dir`` (on the real MNIST copy unless ``data.root`` is given), with its
+    ``hydra`` node; the job's output folder is ``<launch_dir>/outputs/<n>``."""
     if not any(o.startswith("data.root=") for o in overrides):
         overrides = [f"data.root={DATA_ROOT}", *overrides]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(launch_dir)  # Hydra records it as the launch folder
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+            cfg = compose(config_name=app, overrides=overrides, return_hydra_config=True)
     output_dir = launch_dir / "outputs" / str(len(list(launch_dir.glob("outputs/*"))))
     output_dir.mkdir(parents=True)
     with open_dict(cfg):
@@ -75,11 +80,11 @@ class Job:
     output_dir: Path
 
 
-def run_in_process(overrides: list[str], launch_dir: Path) -> Job:
-    """Run one training job as the CLI does after Hydra composed its config (value checks,
-    training, tracking), in this process: no interpreter start, no imports to repeat. Errors
-    propagate as exceptions (``UserError`` for what the CLI prints as one message)."""
-    cfg = compose_job(overrides, launch_dir)
+def run_in_process(overrides: list[str], launch_dir: Path, app: str = "config") -> Job:
+    """Run one job as the command does after Hydra composed its config (value checks, training
+    or t-SNE, tracking), in this process: no interpreter start, no imports to repeat. Errors
+    propagate as exceptions (``UserError`` for what the command prints as one message)."""
+    cfg = compose_job(overrides, launch_dir, app)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]  # as Hydra hands the config to the task function
@@ -87,7 +92,7 @@ def run_in_process(overrides: list[str], launch_dir: Path) -> Job:
     with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.chdir(launch_dir)  # a new experiment's artifacts go to ./mlruns, as from the CLI
-        run_job(cfg)
+        APPS[app](cfg)
     match = re.search(r"run_id=(\w+)", out.getvalue())
     assert match, f"no summary line in output:\n{out.getvalue()}"
     return Job(out.getvalue(), match.group(1), Path(HydraConfig.get().runtime.output_dir))

@@ -687,3 +687,27 @@ def test_a_run_killed_with_sigkill_is_closed_then_resumed(tmp_path, store, data_
     run = only_run(store)
     assert run.info.status == "FINISHED" and "interrupted" not in run.data.tags
     assert [s for s, _ in history(store, run_id, "val_acc")] == list(range(1, 31))
+
+
+def test_a_server_that_does_not_answer_is_refused_at_once(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"tracking store http://127.0.0.1:9 cannot be reached "
+                                        r"\(Connection refused\)"):
+        run_in_process([*FAST, "tracking.uri=http://127.0.0.1:9"], tmp_path)
+    assert time.monotonic() - started < 60  # MLflow's own retries take about four minutes
+
+
+def test_a_file_that_is_not_an_mlflow_store_is_refused_and_left_alone(tmp_path):
+    store = tmp_path / "mlflow.db"
+    store.write_bytes(b"my notes, not a database\n" * 100)
+    before = store.read_bytes()
+    with pytest.raises(UserError, match=r"cannot be used: \(sqlite3.DatabaseError\) file is not "
+                                        r"a database"):
+        run_in_process([*FAST, f"tracking.uri={sqlite_uri(tmp_path)}"], tmp_path)
+    assert store.read_bytes() == before
+
+
+def test_a_file_store_path_is_refused_with_what_to_use(tmp_path):
+    with pytest.raises(UserError, match=r"(?s)tracking store ./mlruns cannot be used: The "
+                                        r"filesystem tracking backend .*\.\n.*sqlite:///<folder>"):
+        run_in_process([*FAST, "tracking.uri=./mlruns"], tmp_path)
