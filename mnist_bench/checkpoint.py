@@ -11,14 +11,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from mnist_bench.cli import UserError
+
 CHECKPOINT_NAME = "checkpoint.pt"
 ZIP_MAGIC = b"PK\x03\x04"
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "rng", "history", "train_time_s",
                    "best_val_acc", "mlflow_run_id")
 
 
-class CheckpointError(RuntimeError):
-    """A file that is not a loadable mnist_bench checkpoint; the message names it and why."""
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read or written; the message names the file and why."""
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -48,8 +50,15 @@ def save_checkpoint(path: Path, **state: Any) -> None:
     ``os.replace`` is atomic on POSIX, so a kill mid-write leaves the previous checkpoint intact.
     """
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)):  # torch reports a full disk as RuntimeError
+            raise CheckpointError(f"could not write the checkpoint {path} (is the disk full?): "
+                                  f"{' '.join(str(err).split())[:200]}") from None
+        raise
 
 
 def _load_failure(err: Exception) -> str:

@@ -144,7 +144,12 @@ def mlflow_run(run_id: str | None, run_name: str, tags: Mapping[str, str]) -> It
 
     A reopened run drops the tags of how it ended before (``interrupted``, ``error``, ...): they
     described the attempt that this one continues."""
-    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=dict(tags))
+    try:
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                               tags=dict(tags))
+    except mlflow.exceptions.MlflowException as err:  # e.g. a read-only store
+        raise UserError(f"tracking store {mlflow.get_tracking_uri()} cannot record a run: "
+                        f"{_sentences(err)}") from None
     run_id = run.info.run_id
     for stale in END_TAGS & run.data.tags.keys():
         mlflow.delete_tag(stale)

@@ -711,3 +711,39 @@ def test_a_file_store_path_is_refused_with_what_to_use(tmp_path):
     with pytest.raises(UserError, match=r"(?s)tracking store ./mlruns cannot be used: The "
                                         r"filesystem tracking backend .*\.\n.*sqlite:///<folder>"):
         run_in_process([*FAST, "tracking.uri=./mlruns"], tmp_path)
+
+
+def test_a_full_disk_while_checkpointing_fails_the_run_in_one_line(tmp_path, store, monkeypatch):
+    """The second checkpoint write fails as on a full disk, after writing part of the file."""
+    real_save, calls = torch.save, []
+
+    def disk_full_on_second_write(obj, file, *args, **kwargs):
+        calls.append(file)
+        if len(calls) < 2:
+            return real_save(obj, file, *args, **kwargs)
+        Path(file).write_bytes(b"PK\x03\x04 part of a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter "
+                           "failed writing file data/3: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full_on_second_write)
+    with pytest.raises(UserError, match=r"could not write the checkpoint .*checkpoint.pt \(is the "
+                                        r"disk full\?\): \[enforce fail"):
+        run_in_process([*FAST, "trainer.epochs=3", f"tracking.uri={store}"], tmp_path)
+    run = only_run(store)
+    assert run.info.status == "FAILED" and "could not write" in run.data.tags["error"]
+    path = Path(run.data.tags["checkpoint"])
+    assert not path.with_suffix(".tmp").exists()  # no half-written file left behind
+    assert checkpoint.load_checkpoint(path)["epoch"] == 1  # the last good one is intact
+
+
+def test_a_store_that_cannot_take_a_new_run_is_one_line(tmp_path, store, monkeypatch):
+    """As a read-only store answers (the tests run as root, who can write anywhere)."""
+    def read_only(*_args, **_kwargs):
+        raise tracking.mlflow.exceptions.MlflowException(
+            "(sqlite3.OperationalError) attempt to write a readonly database")
+
+    monkeypatch.setattr(tracking.mlflow, "start_run", read_only)
+    with pytest.raises(UserError, match=r"cannot record a run: \(sqlite3.OperationalError\) "
+                                        r"attempt to write a readonly database"):
+        run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)
+    assert all_runs(store) == []
