@@ -10,12 +10,11 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from mnist_bench.cli import CONF_DIR, ReportedError, UserError, fail_job
+from mnist_bench.cli import CONF_DIR, ReportedError, UserError, exit_interrupted, fail_job
 from mnist_bench.config import config_problems, register_configs
 
 log = logging.getLogger("mnist_bench")
@@ -45,7 +44,7 @@ def main(cfg: DictConfig) -> float:
     except ReportedError as err:  # e.g. divergence: tracking.mlflow_run has said how it ended
         fail_job(err)
     except KeyboardInterrupt:  # likewise; stops a whole sweep, as Ctrl-C should
-        sys.exit(130)
+        exit_interrupted()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ nothing read from a tracking store is unpickled."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -35,3 +36,11 @@ def fail_job(err: Exception) -> NoReturn:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         raise err
     sys.exit(1)
+
+
+def exit_interrupted() -> NoReturn:
+    """Exit 130 after Ctrl-C or SIGTERM. A second Ctrl-C, pressed while the interpreter shuts
+    down, would print a traceback from its threads: from here on both signals are ignored."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(130)

@@ -136,34 +136,39 @@ def train_and_track(cfg: DictConfig) -> float:
              device, splits.n_train)
 
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    # Ctrl-C and SIGTERM wait while MLflow writes (signals_held): an interrupt inside a SQLite
+    # transaction leaves the store locked, and the run could then not be ended.
     with tracking.mlflow_run(state["mlflow_run_id"] if state else None, run_name, tags) as run_id:
-        if state is None:
-            tracking.log_config(cfg, output_dir / ".hydra")
-            tracking.log_datasets(cfg.data)
-        else:
-            tracking.log_missing_epochs(run_id, state["history"])
+        with tracking.signals_held():
+            if state is None:
+                tracking.log_config(cfg, output_dir / ".hydra")
+                tracking.log_datasets(cfg.data)
+            else:
+                tracking.log_missing_epochs(run_id, state["history"])
 
         def end_of_epoch(epoch: int, row: dict[str, float]) -> None:
             # Checkpoint first: MLflow never holds an epoch that no checkpoint holds, so a resumed
             # run never logs an epoch twice (log_missing_epochs fills the opposite gap).
-            checkpoint.save_checkpoint(
-                ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                epoch=epoch, rng=checkpoint.rng_state(splits.generator), history=result.history,
-                train_time_s=result.train_time_s, best_val_acc=result.best_val_acc,
-                mlflow_run_id=run_id)
-            tracking.log_epoch(epoch, row)
+            with tracking.signals_held():
+                checkpoint.save_checkpoint(
+                    ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    epoch=epoch, rng=checkpoint.rng_state(splits.generator),
+                    history=result.history, train_time_s=result.train_time_s,
+                    best_val_acc=result.best_val_acc, mlflow_run_id=run_id)
+                tracking.log_epoch(epoch, row)
 
         result = fit(model, optimizer, splits, cfg.trainer, cfg.device, device,
                      step_model=step_model, result=result, on_epoch_end=end_of_epoch)
         test = evaluate(step_model, splits.test, device, cfg.device)
-        final = {"test_acc": test.acc, "test_loss": test.loss, "best_val_acc": result.best_val_acc,
-                 "train_time_s": result.train_time_s, "n_params": n_params}
-        mlflow.log_metrics(final)
-        title = f"{model_name}, {opt_name} lr={cfg.optimizer.lr:g}"
-        tracking.log_evaluation(result.history, test.targets.numpy(), test.predictions.numpy(),
-                                title)
-        if cfg.tracking.log_model:
-            tracking.log_model(model, next(iter(splits.test))[0][:4])
+        with tracking.signals_held():
+            mlflow.log_metrics({"test_acc": test.acc, "test_loss": test.loss,
+                                "best_val_acc": result.best_val_acc,
+                                "train_time_s": result.train_time_s, "n_params": n_params})
+            tracking.log_evaluation(result.history, test.targets.numpy(),
+                                    test.predictions.numpy(),
+                                    f"{model_name}, {opt_name} lr={cfg.optimizer.lr:g}")
+            if cfg.tracking.log_model:
+                tracking.log_model(model, next(iter(splits.test))[0][:4])
 
     last = result.history[-1]
     print(f"{model_name} lr={cfg.optimizer.lr:g}: train_acc={last['train_acc']:.4f} "

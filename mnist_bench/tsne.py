@@ -8,7 +8,6 @@ and draw the map, and record it all in one MLflow run tagged ``tsne``.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mnist_bench import checkpoint, embedding, plots, tracking
-from mnist_bench.cli import CONF_DIR, UserError, fail_job
+from mnist_bench.cli import CONF_DIR, UserError, exit_interrupted, fail_job
 from mnist_bench.config import MODEL_SCHEMAS, DataConf, build, choice, register_configs
 from mnist_bench.data import DataError, ensure_mnist, read_mnist, scale_images
 from mnist_bench.embedding import TSNEParams
@@ -317,7 +316,7 @@ def main(cfg: DictConfig) -> float:
         log.error("%s", err)
         fail_job(err)
     except KeyboardInterrupt:  # tracking.mlflow_run has ended the run KILLED
-        sys.exit(130)
+        exit_interrupted()
 
 
 if __name__ == "__main__":
