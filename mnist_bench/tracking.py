@@ -174,23 +174,25 @@ def mlflow_run(run_id: str | None, run_name: str, tags: Mapping[str, str]) -> It
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block is done, then raise KeyboardInterrupt if one came:
-    a second Ctrl-C must not cut short the writes that end a run. Main thread only (Python
-    delivers signals there)."""
+    """Hold SIGINT and SIGTERM until the block's MLflow writes are done, then raise
+    KeyboardInterrupt if one came: an interrupt inside a SQLite transaction leaves the store
+    locked, and a second Ctrl-C must not cut short the writes that end a run. A signal the
+    process ignores stays ignored. Main thread only (Python delivers signals there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
-                for sig in held}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) != signal.SIG_IGN}
+    for sig in previous:
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if received:
-        raise KeyboardInterrupt(f"received signal {received[0]} while ending the run")
+        raise KeyboardInterrupt(f"received signal {received[0]} while MLflow was writing")
 
 
 def end_run(run_id: str, status: str, tags: Mapping[str, str] | None = None,

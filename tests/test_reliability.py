@@ -366,10 +366,14 @@ def test_sigterm_ends_run_killed_and_keeps_a_loadable_checkpoint(tmp_path, store
 
 
 def test_a_second_ctrl_c_during_the_cleanup_still_ends_the_run_killed(tmp_path, store,
-                                                                      monkeypatch, caplog):
+                                                                      monkeypatch, caplog,
+                                                                      request):
     """The second SIGINT is sent from inside the cleanup's first write, where a user's second
     Ctrl-C 10 ms after the first one lands."""
     stop_after("checkpoint", 1, monkeypatch)
+    # Ctrl-C raises KeyboardInterrupt, also when pytest was started with SIGINT ignored (CI)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     for name in ("set_tag", "set_tags"):
         original = getattr(tracking.mlflow, name)
 
