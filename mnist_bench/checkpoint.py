@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pickle
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,29 @@ CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "rng", "history", "train_time_
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be read or written; the message names the file and why."""
+
+
+class FolderHeld(CheckpointError):
+    """Another process holds the checkpoint folder: it writes (or resumes) the same run."""
+
+
+@contextlib.contextmanager
+def folder_held(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` (an exclusive ``flock``) while this process writes its checkpoint.
+
+    The checkpoint file itself cannot carry the lock: every save replaces it by a new file.
+    The kernel releases the lock when the process ends, however it ends.
+    """
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FolderHeld(f"{folder} is held by another process") from None
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:

@@ -6,6 +6,7 @@ an MLflow run that always ends with the right status.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -56,10 +57,20 @@ def find_checkpoint(resume: str) -> Path:
     return Path(path)
 
 
-def load_resume_state(cfg: DictConfig) -> dict[str, Any]:
-    """The checkpoint that ``cfg.resume`` names, once its run is known to resume with ``cfg``."""
+def load_resume_state(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
+    """The checkpoint that ``cfg.resume`` names, once its run is known to resume with ``cfg``.
+
+    Its folder is held (in ``held``) before the run's writer is checked: of two resumes started
+    at once, both could otherwise find the writer gone, and both would write the run.
+    """
+    path = find_checkpoint(cfg.resume)
     try:
-        state = checkpoint.load_checkpoint(find_checkpoint(cfg.resume))
+        if path.parent.resolve() != Path(HydraConfig.get().runtime.output_dir).resolve():
+            held.enter_context(checkpoint.folder_held(path.parent))
+        state = checkpoint.load_checkpoint(path)
+    except checkpoint.FolderHeld:
+        raise UserError(f"resume={cfg.resume!r}: another process is resuming this run or "
+                        f"writing {path}; wait for it to end or stop it") from None
     except checkpoint.CheckpointError as err:
         raise UserError(f"resume={cfg.resume!r}: {err}") from None
     run_id = state["mlflow_run_id"]
@@ -93,7 +104,16 @@ def job_context() -> tuple[Path, Path, dict[str, str]]:
 
 
 def train_and_track(cfg: DictConfig) -> float:
-    """Train and track one job; returns its best validation accuracy (a sweeper's objective)."""
+    """Train and track one job; returns its best validation accuracy (a sweeper's objective).
+
+    The job holds its output folder, and a resumed run's earlier folder, until it ends.
+    """
+    with contextlib.ExitStack() as held:
+        held.enter_context(checkpoint.folder_held(Path(HydraConfig.get().runtime.output_dir)))
+        return track_training(cfg, held)
+
+
+def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
     launch_dir, output_dir, tags = job_context()
     try:
         device = resolve_device(cfg.device.type)
@@ -104,7 +124,7 @@ def train_and_track(cfg: DictConfig) -> float:
 
     tracking.open_store(tracking.tracking_uri(cfg.tracking.uri, launch_dir),
                         cfg.tracking.experiment)
-    state = load_resume_state(cfg) if cfg.resume else None
+    state = load_resume_state(cfg, held) if cfg.resume else None
 
     try:
         splits = build_splits(cfg.data, cfg.trainer.batch_size, cfg.trainer.eval_batch_size,

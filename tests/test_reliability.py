@@ -11,6 +11,7 @@ Every result is read back with ``MlflowClient``.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
 from mlflow.tracking import MlflowClient
 from test_config import compose_cfg
 
-from conftest import copy_store, run_cli, run_in_process, sqlite_uri
+from conftest import compose_job, copy_store, run_cli, run_in_process, sqlite_uri
 from mnist_bench import checkpoint, data, job, runs, tracking
 from mnist_bench.cli import UserError
 from mnist_bench.config import config_problems
@@ -751,3 +752,89 @@ def test_a_store_that_cannot_take_a_new_run_is_one_line(tmp_path, store, monkeyp
                                         r"attempt to write a readonly database"):
         run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)
     assert all_runs(store) == []
+
+
+# The CLI, with 3 s between the check of a run's writer and the check's answer: both resumes
+# below check before either has started to write, however the two processes are scheduled.
+SLOW_WRITER_CHECK = """
+import time
+from mnist_bench import runs
+check = runs.writer_state
+runs.writer_state = lambda run: (check(run), time.sleep(3))[0]
+from mnist_bench.__main__ import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_run_started_at_once_let_exactly_one_write(tmp_path, store,
+                                                                       data_root, monkeypatch):
+    """Both see the run's writer gone; only the one that takes the checkpoint folder goes on."""
+    args = [*FAST, "trainer.epochs=3", f"tracking.uri={store}"]
+    with monkeypatch.context() as patch:
+        stop_after("metrics", 1, patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_in_process(args, tmp_path)
+    run_id = only_run(store).info.run_id
+    client = MlflowClient(tracking_uri=store)  # as a SIGKILL leaves it:
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, "pid", str(dead_pid()))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    command = [sys.executable, "-c", SLOW_WRITER_CHECK, *args, f"data.root={data_root}",
+               f"resume={run_id}"]
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    codes = [proc.returncode for proc in procs]
+    assert sorted(codes) == [0, 1], outputs
+    refused = outputs[codes.index(1)]
+    assert "Traceback" not in refused
+    assert f"resume={run_id!r}: another process is resuming this run" in refused, refused
+    assert [s for s, _ in history(store, run_id, "val_acc")] == [1, 2, 3]  # each epoch once
+    assert len(history(store, run_id, "test_acc")) == 1
+    assert only_run(store).info.status == "FINISHED"
+
+
+def read_only(folder: Path) -> None:
+    """Make ``folder`` read-only, also for root (immutable), or skip saying why not."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+    else:
+        folder.chmod(0o555)
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        return
+    (folder / "probe").unlink()
+    pytest.skip("cannot make a folder read-only here (chattr +i is not supported)")
+
+
+def writable(folder: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize(("module", "args"), [
+    ("mnist_bench", FAST), ("mnist_bench", ["--multirun", *FAST]),
+    ("mnist_bench.tsne", ["n_samples=100"])], ids=["run", "multirun", "tsne"])
+def test_a_read_only_launch_folder_is_one_line(tmp_path, module, args):
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    read_only(launch)
+    try:
+        proc = run_cli([*args, f"tracking.uri={sqlite_uri(tmp_path)}"], cwd=launch,
+                       module=module)
+    finally:
+        writable(launch)
+    assert proc.returncode == 1 and "Traceback" not in output_of(proc), output_of(proc)
+    assert re.search(r"cannot create the output folder \S*(outputs|multirun)/\S+ "
+                     r"\(\[Errno 1\] Operation not permitted|Permission denied", proc.stderr), \
+        proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert list(launch.iterdir()) == [] and not (tmp_path / "mlflow.db").exists()
+
+
+def test_two_runs_started_in_one_second_get_their_own_folders(tmp_path):
+    folders = {compose_job(FAST, tmp_path).hydra.run.dir for _ in range(2)}
+    assert len(folders) == 2 and all(f.startswith("outputs/") for f in folders)

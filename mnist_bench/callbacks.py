@@ -1,0 +1,33 @@
+"""Hydra callbacks of the project's commands (listed under ``hydra.callbacks`` in ``conf/``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def create_output_folder(folder: str) -> None:
+    """Create the run's or sweep's folder, or exit 1 with one line saying why it cannot be.
+
+    Hydra would create it a moment later, but a failure there prints chained tracebacks.
+    """
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        # Hydra sets up the job's logging only after this; print as the job's log would
+        print(f"[mnist_bench][ERROR] - cannot create the output folder {folder} ({err}); launch "
+              "from a folder you can write to, or set hydra.run.dir / hydra.sweep.dir",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+class OutputFolderCheck(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        create_output_folder(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        create_output_folder(config.hydra.sweep.dir)
