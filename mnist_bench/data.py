@@ -203,6 +203,11 @@ def scale_images(images: torch.Tensor, normalize: str) -> torch.Tensor:
     return x
 
 
+def unit_pixels(x: torch.Tensor, normalize: str) -> torch.Tensor:
+    """Undo :func:`scale_images`' standardisation: pixels in [0, 1] again."""
+    return x * MNIST_STD + MNIST_MEAN if normalize == Normalize.standard else x
+
+
 class TensorBatches:
     """Shuffled mini-batches indexed from tensors that already live on the training device.
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from mnist_bench import checkpoint, runs, tracking
 from mnist_bench.cli import UserError
 from mnist_bench.config import build
-from mnist_bench.data import DataError, build_splits
+from mnist_bench.data import DataError, build_splits, unit_pixels
 from mnist_bench.train import (
     FitResult,
     apply_device_settings,
@@ -188,7 +188,9 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
                                     test.predictions.numpy(),
                                     f"{model_name}, {opt_name} lr={cfg.optimizer.lr:g}")
             if cfg.tracking.log_model:
-                tracking.log_model(model, next(iter(splits.test))[0][:4])
+                images = next(iter(splits.test))[0][:4]
+                tracking.log_model(model, unit_pixels(images, cfg.data.normalize),
+                                   cfg.data.normalize)
 
     last = result.history[-1]
     print(f"{model_name} lr={cfg.optimizer.lr:g}: train_acc={last['train_acc']:.4f} "

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_bench import data, metrics, plots
 from mnist_bench.cli import UserError
+from mnist_bench.models.classifier import CONTRACT, DigitClassifier
 from mnist_bench.train import DivergedError
 
 log = logging.getLogger(__name__)
@@ -283,17 +284,19 @@ def log_evaluation(history, targets: np.ndarray, predictions: np.ndarray, title:
     mlflow.log_dict(report, "classification_report.json")
 
 
-def log_model(model: torch.nn.Module, example: torch.Tensor) -> None:
-    """The trained model with a signature and a numpy input example.
+def log_model(model: torch.nn.Module, pixels: torch.Tensor, normalize: str) -> None:
+    """The trained model as a :class:`DigitClassifier` (pixels in, probabilities out) with a
+    signature and a numpy input example of ``pixels`` (at least 2 images, so that the exported
+    batch dimension stays dynamic).
 
     Explicit ``pip_requirements`` spare MLflow from inferring them, which halves the time.
     """
-    model = model.cpu().eval()
-    example = example.cpu()
+    classifier = DigitClassifier(model.cpu(), normalize).eval()
+    example = pixels.cpu().numpy()
     with torch.no_grad():
-        output = model(example).numpy()
+        output = classifier(pixels.cpu()).numpy()
     requirements = [f"{name}=={metadata.version(name).split('+')[0]}"
                     for name in ("torch", "torchvision")]
-    mlflow.pytorch.log_model(model, name="model", input_example=example.numpy(),
-                             signature=infer_signature(example.numpy(), output),
-                             pip_requirements=requirements)
+    mlflow.pytorch.log_model(classifier, name="model", input_example=example,
+                             signature=infer_signature(example, output),
+                             pip_requirements=requirements, metadata=CONTRACT)

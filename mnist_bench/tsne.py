@@ -34,6 +34,7 @@ from mnist_bench.cli import CONF_DIR, UserError, exit_interrupted, fail_job
 from mnist_bench.config import MODEL_SCHEMAS, DataConf, build, choice, register_configs
 from mnist_bench.data import DataError, ensure_mnist, read_mnist, scale_images
 from mnist_bench.embedding import TSNEParams
+from mnist_bench.models.classifier import network_weights
 
 log = logging.getLogger("mnist_bench.tsne")
 
@@ -159,7 +160,7 @@ def _from_run(model_uri: str) -> TrainedModel:
     except (MlflowException, OSError) as err:
         raise UserError(f"model_uri={model_uri!r}: no mnist_bench model there in the tracking "
                         f"store {mlflow.get_tracking_uri()} ({_first_line(err)})") from None
-    network = _with_weights(trained_with.model, logged.state_dict(), model_uri)
+    network = _with_weights(trained_with.model, network_weights(logged.state_dict()), model_uri)
     return TrainedModel(network, trained_with.data.normalize, run_id)
 
 

@@ -93,8 +93,15 @@ def test_artifacts_and_logged_model(mlp_run):
     assert report["accuracy"] == pytest.approx(run.data.metrics["test_acc"])
     assert sum(report[str(d)]["support"] for d in range(10)) == 10_000
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
-    images = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
-    assert model(torch.from_numpy(images)).shape == (3, 10)
+    test_images, test_labels = read_mnist(DATA_ROOT, train=False)
+    pixels = test_images[:500].unsqueeze(1).float() / 255  # no scaling: the model does it
+    probabilities = model(pixels)
+    assert probabilities.shape == (500, 10)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(500), atol=1e-5)
+    accuracy = (probabilities.argmax(dim=1) == test_labels[:500]).float().mean().item()
+    assert accuracy == pytest.approx(run.data.metrics["test_acc"], abs=0.05)
+    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    assert info.metadata["mnist_bench_output"].startswith("probabilities")
     signature = mlflow.models.get_model_info(f"runs:/{run_id}/model").signature
     assert list(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 28, 28]
     assert list(signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 10]

@@ -179,7 +179,7 @@ def test_a_stored_config_with_a_foreign_target_is_refused(store, trained_mlp, tm
     config.model = {"_target_": "builtins.open", "name": "mlp", "file": str(marker), "mode": "w"}
     with mlflow.start_run() as run:  # a real model beside a tampered config.yaml
         mlflow.log_text(OmegaConf.to_yaml(config), "config.yaml")
-        tracking.log_model(MLP(), torch.rand(2, 1, 28, 28))
+        tracking.log_model(MLP(), torch.rand(2, 1, 28, 28), "unit")
     cfg = OmegaConf.create({"model": None, "data": {"normalize": "unit"}})
     with pytest.raises(UserError, match="model._target_='builtins.open'"):
         load_trained_model(f"runs:/{run.info.run_id}/model", cfg)
