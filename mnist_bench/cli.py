@@ -19,6 +19,8 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # whatever loads a model (t-SNE's features). With this off, MLflow refuses such models and checks
 # that a pt2 archive holds no pickle. Every entry point imports this module first.
 os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+# A model read back (predict, t-SNE) would draw a progress bar per artifact folder.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class UserError(RuntimeError):
