@@ -278,6 +278,7 @@ def test_served_model_answers_with_the_probabilities_of_predict(trained, tmp_pat
     port = free_port()
     # the server runs `uvicorn` from PATH: this interpreter's, as in an activated venv
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",  # as the README serves it
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/mnist-served@champion",
