@@ -21,6 +21,8 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
 # A model read back (predict, t-SNE) would draw a progress bar per artifact folder.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# With a tracking server MLflow prints two links per run on stdout, which holds our summaries.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 class UserError(RuntimeError):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -90,6 +92,21 @@ def load_resume_state(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, 
     return state
 
 
+def launcher_threads() -> int | None:
+    """CPU threads per job that the launcher implies: submitit's ``cpus_per_task``, or the
+    cores shared among joblib's ``n_jobs`` (negative as joblib reads it: -1, one job per core);
+    None for jobs run one at a time."""
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", ""))
+    if "submitit" in target:
+        return launcher.get("cpus_per_task")
+    if "joblib" not in target:
+        return None
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or 1
+    return max(1, cores // max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs))
+
+
 def job_context() -> tuple[Path, Path, dict[str, str]]:
     """Launch folder, this job's output folder, and the Hydra tags of the run."""
     hc = HydraConfig.get()
@@ -119,7 +136,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
         device = resolve_device(cfg.device.type)
     except RuntimeError as err:
         raise UserError(str(err)) from None
-    apply_device_settings(cfg.device)
+    apply_device_settings(cfg.device, launcher_threads())
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
 
     tracking.open_store(tracking.tracking_uri(cfg.tracking.uri, launch_dir),
@@ -144,6 +161,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
     run_name = cfg.tracking.run_name or HydraConfig.get().job.override_dirname or "defaults"
     ckpt_path = output_dir / checkpoint.CHECKPOINT_NAME
     tags |= {"model": model_name, "optimizer": opt_name, "device": str(device),
+             "torch_threads": str(torch.get_num_threads()),
              "git_commit": tracking.git_commit(launch_dir), "checkpoint": str(ckpt_path),
              **runs.writer_tags()}
     if cfg.tracking.sweep_id:

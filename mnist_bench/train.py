@@ -86,9 +86,10 @@ def resolve_device(kind: str) -> torch.device:
     return torch.device(kind)
 
 
-def apply_device_settings(device_cfg) -> None:
-    """Process-wide backend settings; ``num_threads: null`` means torch's default."""
-    torch.set_num_threads(device_cfg.num_threads or DEFAULT_NUM_THREADS)
+def apply_device_settings(device_cfg, launcher_threads: int | None = None) -> None:
+    """Process-wide backend settings. ``num_threads: null`` means the threads the launcher
+    gives each job (``launcher_threads``), else torch's default (all cores)."""
+    torch.set_num_threads(device_cfg.num_threads or launcher_threads or DEFAULT_NUM_THREADS)
     torch.backends.cudnn.benchmark = device_cfg.cudnn_benchmark
 
 
