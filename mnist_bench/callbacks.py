@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,3 +32,24 @@ class OutputFolderCheck(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         create_output_folder(config.hydra.sweep.dir)
+
+
+class SweepParentRun(Callback):
+    """One parent MLflow run per sweep (``sweep_runs.py``). Hydra skips ``on_multirun_end`` when
+    a job fails, and an interrupt skips it too: an exit handler ends the parent then."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mnist_bench import sweep_runs  # MLflow: imported for sweeps only
+        from mnist_bench.cli import UserError
+
+        try:
+            self.parent = sweep_runs.start_parent(config)
+        except UserError as err:  # e.g. a tracking store that cannot be used: no job could run
+            print(f"[mnist_bench][ERROR] - {err}", file=sys.stderr)
+            sys.exit(1)
+        atexit.register(sweep_runs.end_parent, self.parent)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mnist_bench import sweep_runs
+
+        sweep_runs.end_parent(self.parent)

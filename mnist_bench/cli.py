@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 
 # Absolute, so that Hydra finds it whether a module runs as __main__ or is imported by a
@@ -34,11 +35,17 @@ class ReportedError(RuntimeError):
     entry point; the entry point only sets the exit status."""
 
 
+class JobFailed(CompactHydraException):
+    """A failed job of a multirun, whose error has been logged. Hydra runs the other jobs, then
+    reports the failure as this one line (a compact exception) and exits 1."""
+
+
 def fail_job(err: Exception) -> NoReturn:
-    """Exit 1; in a multirun, raise instead so that the other jobs still run (the sweep still
-    exits non-zero at the end)."""
+    """Exit 1; in a multirun, raise instead so that the other jobs still run."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise err
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise JobFailed(f"a job of the sweep failed ({first_line}); its run and the others "
+                        "are in MLflow") from None
     sys.exit(1)
 
 

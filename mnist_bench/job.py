@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_bench import checkpoint, runs, tracking
+from mnist_bench import checkpoint, runs, sweep_runs, tracking
 from mnist_bench.cli import UserError
 from mnist_bench.config import build
 from mnist_bench.data import DataError, build_splits, unit_pixels
@@ -114,10 +114,26 @@ def job_context() -> tuple[Path, Path, dict[str, str]]:
     tags = {"hydra_overrides": " ".join(overrides) or "(defaults)",
             "hydra_output_dir": hc.runtime.output_dir}
     if hc.mode == RunMode.MULTIRUN:
-        sweep_dir = Path(hc.sweep.dir).resolve()
-        tags |= {"sweep_id": f"{sweep_dir.parent.name}/{sweep_dir.name}",
-                 "sweep_dir": str(sweep_dir)}
+        tags |= {"sweep_id": sweep_runs.sweep_id_of(hc.sweep.dir),
+                 "sweep_dir": str(Path(hc.sweep.dir).resolve())}
     return Path(hc.runtime.cwd), Path(hc.runtime.output_dir), tags
+
+
+def logged_model_name(cfg: DictConfig) -> str:
+    """``lenet-lr0_01-s3``: the MLflow UI lists logged models by name (which may not hold
+    ``.``)."""
+    return f"{cfg.model.name}-lr{cfg.optimizer.lr:g}-s{cfg.trainer.seed}".replace(".", "_")
+
+
+def run_name(cfg: DictConfig) -> str:
+    """What differs and matters first (``lenet lr=0.01 seed=3``), then the other overrides."""
+    leading = ("model=", "optimizer.lr=", "trainer.seed=")
+    excluded = tuple(f"{key}=" for key in
+                     HydraConfig.get().job.config.override_dirname.exclude_keys)
+    others = [o for o in HydraConfig.get().overrides.task
+              if not o.startswith(leading + excluded)]
+    return " ".join([f"{cfg.model.name} lr={cfg.optimizer.lr:g} seed={cfg.trainer.seed}",
+                     *others])
 
 
 def train_and_track(cfg: DictConfig) -> float:
@@ -158,7 +174,6 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
         result = FitResult(history=state["history"], train_time_s=state["train_time_s"])
 
     model_name, opt_name = cfg.model.name, cfg.optimizer.name
-    run_name = cfg.tracking.run_name or HydraConfig.get().job.override_dirname or "defaults"
     ckpt_path = output_dir / checkpoint.CHECKPOINT_NAME
     tags |= {"model": model_name, "optimizer": opt_name, "device": str(device),
              "torch_threads": str(torch.get_num_threads()),
@@ -166,6 +181,9 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
              **runs.writer_tags()}
     if cfg.tracking.sweep_id:
         tags["sweep_id"] = cfg.tracking.sweep_id
+    parent = sweep_runs.parent_of(tags["sweep_id"]) if "sweep_id" in tags else None
+    if parent:
+        tags["mlflow.parentRunId"] = parent
     if state is not None:  # this job's folder holds the checkpoint that the run tag names
         checkpoint.save_checkpoint(ckpt_path, **state)
         tags["resumed_from_epoch"] = str(state["epoch"])
@@ -176,7 +194,8 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     # Ctrl-C and SIGTERM wait while MLflow writes (signals_held): an interrupt inside a SQLite
     # transaction leaves the store locked, and the run could then not be ended.
-    with tracking.mlflow_run(state["mlflow_run_id"] if state else None, run_name, tags) as run_id:
+    name = cfg.tracking.run_name or run_name(cfg)
+    with tracking.mlflow_run(state["mlflow_run_id"] if state else None, name, tags) as run_id:
         with tracking.signals_held():
             if state is None:
                 tracking.log_config(cfg, output_dir / ".hydra")
@@ -208,7 +227,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
             if cfg.tracking.log_model:
                 images = next(iter(splits.test))[0][:4]
                 tracking.log_model(model, unit_pixels(images, cfg.data.normalize),
-                                   cfg.data.normalize)
+                                   cfg.data.normalize, logged_model_name(cfg))
 
     last = result.history[-1]
     print(f"{model_name} lr={cfg.optimizer.lr:g}: train_acc={last['train_acc']:.4f} "

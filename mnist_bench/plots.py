@@ -23,22 +23,37 @@ CURVE_TITLES = {
 History = Sequence[Mapping[str, float]]
 
 
-def plot_curves(histories: Mapping[str, History],
+def _draw(ax, groups: Mapping[str, Sequence[History]], metric: str) -> None:
+    """One line per group (e.g. per learning rate): the mean over its histories (e.g. seeds),
+    in a band of one standard deviation where it holds several."""
+    for label, histories in groups.items():
+        curves = [[row[metric] for row in h if metric in row] for h in histories]
+        length = min(len(c) for c in curves)
+        if length == 0:
+            continue
+        values = np.array([c[:length] for c in curves])
+        epochs, mean = np.arange(1, length + 1), values.mean(axis=0)
+        line, = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+        if len(values) > 1:
+            sd = values.std(axis=0, ddof=1)
+            ax.fill_between(epochs, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def plot_curves(groups: Mapping[str, Sequence[History]],
                 metrics: Sequence[str] = ("train_loss", "train_acc", "val_acc"),
                 title: str = "") -> Figure:
-    """One panel per metric against epoch, one line per history (e.g. per learning rate).
+    """One panel per metric against epoch; one line per group of histories (per learning rate),
+    its mean over the group's runs (seeds) with a band of one standard deviation.
 
     These are the report's Figures 18-26 (loss, train accuracy, validation accuracy).
     """
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        for label, history in histories.items():
-            values = [row[metric] for row in history if metric in row]
-            ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        _draw(ax, groups, metric)
         ax.set(title=CURVE_TITLES.get(metric, metric), xlabel="epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if len(histories) > 1:
+        if len(groups) > 1:
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
@@ -62,10 +77,13 @@ def plot_confusion_matrix(matrix: np.ndarray, title: str = "") -> Figure:
     return fig
 
 
-def plot_bars(values: Mapping[str, float], ylabel: str, title: str) -> Figure:
-    """A labelled bar chart, e.g. training time per learning rate (the report's Figure 27)."""
+def plot_bars(values: Mapping[str, float], ylabel: str, title: str,
+              errors: Mapping[str, float] | None = None) -> Figure:
+    """A labelled bar chart, e.g. training time per learning rate (the report's Figure 27),
+    with error bars (e.g. one standard deviation over seeds) where ``errors`` gives them."""
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(values) + 1.5), 3.6))
-    bars = ax.bar(list(values), list(values.values()), color="tab:blue")
+    yerr = [errors.get(k, 0.0) for k in values] if errors else None
+    bars = ax.bar(list(values), list(values.values()), color="tab:blue", yerr=yerr, capsize=4)
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set(ylabel=ylabel, title=title)
     ax.tick_params(axis="x", labelrotation=20)
@@ -73,18 +91,15 @@ def plot_bars(values: Mapping[str, float], ylabel: str, title: str) -> Figure:
     return fig
 
 
-def plot_overview(histories_by_model: Mapping[str, Mapping[str, History]],
+def plot_overview(groups_by_model: Mapping[str, Mapping[str, Sequence[History]]],
                   metric: str = "val_acc") -> Figure:
-    """One panel per model with its validation curve for every learning rate."""
-    n = len(histories_by_model)
+    """One panel per model with its validation curve for every learning rate (mean and band
+    over seeds)."""
+    n = len(groups_by_model)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False, sharey=True)
-    for ax, (model, histories) in zip(axes[0], histories_by_model.items(), strict=True):
-        for label, history in histories.items():
-            values = [row[metric] for row in history if metric in row]
-            ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+    for ax, (model, groups) in zip(axes[0], groups_by_model.items(), strict=True):
+        _draw(ax, groups, metric)
         ax.set(title=model, xlabel="epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(CURVE_TITLES.get(metric, metric))
     fig.tight_layout()

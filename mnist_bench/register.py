@@ -34,6 +34,7 @@ class Candidate:
 
     model: str
     run_id: str
+    model_uri: str   # runs:/<run id>/<logged model name>
     cell: str        # the overrides that define the cell (without the seed)
     val_acc: float   # mean final validation accuracy of the cell
     n_runs: int
@@ -43,9 +44,11 @@ def cell_of(overrides: str) -> str:
     return " ".join(NOT_THE_CELL.sub(" ", overrides).split()) or "(defaults)"
 
 
-def has_logged_model(run_id: str) -> bool:
+def has_logged_model(model_uri: object) -> bool:
+    if not isinstance(model_uri, str):  # a run without the model_uri tag
+        return False
     try:
-        mlflow.models.get_model_info(f"runs:/{run_id}/model")
+        mlflow.models.get_model_info(model_uri)
     except (MlflowException, OSError):
         return False
     return True
@@ -62,9 +65,11 @@ def best_candidates(runs: pd.DataFrame) -> tuple[list[Candidate], list[str]]:
             "mean", ascending=False)
         for cell, stats in cells.iterrows():
             members = rows[rows["cell"] == cell].sort_values("val_acc", ascending=False)
-            with_model = [r for r in members["run_id"] if has_logged_model(r)]
+            uris = members.get("tags.model_uri", pd.Series([None] * len(members)))
+            with_model = [(run_id, uri) for run_id, uri in zip(members["run_id"], uris,
+                                                              strict=True) if has_logged_model(uri)]
             if with_model:
-                found.append(Candidate(model, with_model[0], cell, float(stats["mean"]),
+                found.append(Candidate(model, *with_model[0], cell, float(stats["mean"]),
                                        int(stats["size"])))
                 break
         else:
@@ -96,7 +101,7 @@ def register(client: MlflowClient, best: Candidate, alias: str, sweep: str) -> s
     # register_model resolves runs:/ to the run's logged model (MLflow 3 keeps it outside the
     # run's artifacts, where a model version made from the runs:/ URI alone would find nothing)
     version = versions[0] if versions else mlflow.register_model(
-        f"runs:/{best.run_id}/model", name,
+        best.model_uri, name,
         tags={"val_acc": str(best.val_acc), "n_runs": str(best.n_runs), "cell": best.cell,
               "selection": sweep})
     client.set_registered_model_alias(name, alias, version.version)

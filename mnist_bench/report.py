@@ -18,7 +18,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from mnist_bench import plots
+from mnist_bench import plots, seed_stats
 from mnist_bench.tracking import open_store, tracking_uri
 
 MODELS = {  # model name -> (title, table number of the report it reproduces)
@@ -29,8 +29,18 @@ MODELS = {  # model name -> (title, table number of the report it reproduces)
 }
 ACCURACIES = ("train_acc", "val_acc", "test_acc")
 CURVE_METRICS = ("train_loss", "train_acc", "val_acc")
-NOT_TRAINING = ("report", "tsne")
+NOT_TRAINING = ("report", "tsne", "sweep")
 CELL_FORMATS = {"train_time_s": (1, 1, 0), "test_loss": (1, 3, 3)}  # scale, digits, paper digits
+
+
+SEEDS_LEGEND = (
+    "Cells with several runs (seeds) read *mean ± sd [95 % interval of the mean] (published: "
+    "inside or outside that interval)*; the interval is Student's t, mean ± t(0.975, n-1) sd / "
+    "sqrt(n). Accuracies in percent. Statistics cover the finished runs; `outcome` counts how "
+    "the others ended. A cell whose runs split into some that learned (final validation "
+    "accuracy above 50 %) and some that stayed at chance (below 20 %) is shown as *bimodal* "
+    "with each group's count and mean, not one misleading mean. In Table 4, `verdict` says "
+    "whether the runner-up learning rate's mean lies within the best one's interval (*tied*).")
 
 
 class ReportError(RuntimeError):
@@ -77,16 +87,56 @@ def _outcome(run: pd.Series) -> str:
     return {"FINISHED": "ok", "FAILED": "failed", "KILLED": "killed"}.get(run["status"], "running")
 
 
+def has_seeds(runs: pd.DataFrame) -> bool:
+    """Whether some cell (model, learning rate) holds several runs, e.g. one per seed."""
+    return bool(runs.groupby(["model", "lr"]).size().max() > 1)
+
+
 def lr_table(runs: pd.DataFrame, model: str, paper: pd.DataFrame) -> pd.DataFrame:
-    """Tables 1-3: one row per learning rate; measured beside published, delta in points."""
+    """Tables 1-3: one row per learning rate; measured beside published, delta in points.
+
+    With several runs per learning rate, each row holds their statistics (:func:`seed_cells`).
+    """
     title, number = MODELS.get(model, (model, None))
     rows = runs[runs["model"] == model]
-    table = rows.groupby("lr", sort=False).agg(
-        runs=("run_id", "size"), outcome=("outcome", _worst),
-        **{m: (m, "mean") for m in ACCURACIES}).reset_index()
+    if has_seeds(runs):
+        table = seed_cells(rows, ACCURACIES)
+    else:
+        table = rows.groupby("lr", sort=False).agg(
+            runs=("run_id", "size"), outcome=("outcome", _worst),
+            **{m: (m, "mean") for m in ACCURACIES}).reset_index()
     ref = paper[(paper["table"] == number) & paper["lr"].notna()]
     ref = ref.drop_duplicates("lr").set_index("lr")[list(ACCURACIES)]
     return _with_published(table, ref.rename(columns=lambda c: f"paper_{c}"), on="lr")
+
+
+def seed_cells(rows: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """One row per learning rate over its finished runs: mean (the metric's own column), sd,
+    min, max and 95 % interval of the mean of each metric, and the runs that learned and that
+    stayed at chance; a cell holding both is ``bimodal``, with each group's mean too."""
+    cells = []
+    for lr, cell in rows.groupby("lr", sort=False):
+        ok = cell[cell["outcome"] == "ok"]
+        learned, at_chance = seed_stats.modes(ok["val_acc"])
+        row = {"lr": lr, "runs": len(cell), "outcome": _outcomes(cell["outcome"]),
+               "learned": learned, "at_chance": at_chance,
+               "bimodal": learned > 0 and at_chance > 0}
+        for metric in metrics:
+            stats = seed_stats.summary(ok[metric].tolist())
+            row |= {metric: stats["mean"], **{f"{metric}_{k}": stats[k] for k in
+                                              ("sd", "min", "max", "ci_low", "ci_high")}}
+            if row["bimodal"]:
+                row[f"{metric}_learned"] = ok.loc[ok["val_acc"] > 0.5, metric].mean()
+                row[f"{metric}_chance"] = ok.loc[ok["val_acc"] <= 0.5, metric].mean()
+        cells.append(row)
+    return pd.DataFrame(cells)
+
+
+def _outcomes(outcomes: pd.Series) -> str:
+    """``ok``, or how many runs ended how, e.g. ``4 ok, 1 diverged``."""
+    counts = outcomes.value_counts()
+    return "ok" if set(counts.index) == {"ok"} else ", ".join(f"{n} {o}" for o, n in
+                                                             counts.items())
 
 
 def _worst(outcomes: pd.Series) -> str:
@@ -96,23 +146,49 @@ def _worst(outcomes: pd.Series) -> str:
 
 
 def _with_published(table: pd.DataFrame, ref: pd.DataFrame, on: str) -> pd.DataFrame:
+    """The published columns ``paper_<m>``, ``delta_<m>`` (measured - published) and, with an
+    interval, ``paper_in_ci_<m>``: whether the published value lies in it."""
     merged = table.merge(ref, how="left", left_on=on, right_index=True)
     for column in ref.columns:
         measured = column.removeprefix("paper_")
         merged[f"delta_{measured}"] = merged[measured] - merged[column]
+        if f"{measured}_ci_low" in merged:
+            merged[f"paper_in_ci_{measured}"] = merged[column].between(
+                merged[f"{measured}_ci_low"], merged[f"{measured}_ci_high"])
     return merged
 
 
 def best_table(runs: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """Table 4: per model, the learning rate with the best validation accuracy."""
+    """Table 4: per model, the learning rate with the best (mean) validation accuracy; with
+    seeds, ``verdict`` says whether the runner-up's mean lies within the best one's interval."""
     finished = runs[runs["outcome"] == "ok"]
     if finished.empty:
         raise ReportError("every selected run failed or diverged; no Table 4 can be built")
-    best = finished.loc[finished.groupby("model", sort=False)["val_acc"].idxmax()]
-    table = best[["model", "lr", *ACCURACIES, "train_time_s", "test_loss"]].reset_index(drop=True)
+    if has_seeds(runs):
+        table = pd.DataFrame([_best_cell(model, rows) for model, rows in
+                              finished.groupby("model", sort=False)])
+    else:
+        best = finished.loc[finished.groupby("model", sort=False)["val_acc"].idxmax()]
+        table = best[["model", "lr", *ACCURACIES, "train_time_s", "test_loss"]]
+        table = table.reset_index(drop=True)
     ref = paper[paper["table"] == 4].set_index("model")
     ref = ref[[*ACCURACIES, "train_time_s", "loss"]].rename(columns={"loss": "test_loss"})
     return _with_published(table, ref.rename(columns=lambda c: f"paper_{c}"), on="model")
+
+
+def _best_cell(model: str, rows: pd.DataFrame) -> dict:
+    cells = seed_cells(rows, (*ACCURACIES, "train_time_s", "test_loss"))
+    ranked = cells.sort_values("val_acc", ascending=False).reset_index(drop=True)
+    best = ranked.iloc[0]
+    if len(ranked) == 1:
+        verdict = "only learning rate"
+    elif pd.isna(best["val_acc_ci_low"]):
+        verdict = "best (one run: no interval)"
+    elif ranked.iloc[1]["val_acc"] >= best["val_acc_ci_low"]:
+        verdict = f"tied with lr={ranked.iloc[1]['lr']:g}"
+    else:
+        verdict = "best"
+    return {"model": model, **best.to_dict(), "verdict": verdict}
 
 
 def histories(client: MlflowClient, run_ids: list[str]) -> dict[str, list[dict[str, float]]]:
@@ -133,11 +209,41 @@ def _markdown(table: pd.DataFrame) -> str:
     Accuracies are shown in percent and differences in percentage points; a failed or diverged
     run shows its outcome instead of numbers. The CSV keeps every column unformatted.
     """
-    shown = pd.DataFrame({k: table[k] for k in ("model", "lr", "runs", "outcome") if k in table})
+    columns = ("model", "lr", "runs", "outcome", "verdict")
+    shown = pd.DataFrame({k: table[k] for k in columns if k in table})
     for metric in (*ACCURACIES, "train_time_s", "test_loss"):
         if metric in table:
-            shown[metric] = [_cell(row, metric) for _, row in table.iterrows()]
+            cell = _seed_cell if f"{metric}_sd" in table else _cell
+            shown[metric] = [cell(row, metric) for _, row in table.iterrows()]
     return shown.to_markdown(index=False)
+
+
+def _seed_cell(row: pd.Series, metric: str) -> str:
+    """``mean ± sd [95 % interval] (published: inside/outside)``, or the two groups of a
+    bimodal cell, or the outcome where no run finished."""
+    scale, digits, paper_digits = CELL_FORMATS.get(metric, (100, 2, 1))
+
+    def number(key: str) -> str:
+        return f"{scale * row[key]:.{digits}f}"
+
+    if row.get("bimodal") and metric in ACCURACIES:
+        return (f"bimodal: {row['learned']} learned ({number(f'{metric}_learned')}), "
+                f"{row['at_chance']} at chance ({number(f'{metric}_chance')})")
+    if pd.isna(row[metric]):
+        return str(row["outcome"])
+    text = number(metric)
+    has_interval = pd.notna(row[f"{metric}_ci_low"])
+    if has_interval:
+        text += (f" ± {number(f'{metric}_sd')} "
+                 f"[{number(f'{metric}_ci_low')}, {number(f'{metric}_ci_high')}]")
+    paper = row.get(f"paper_{metric}")
+    if pd.notna(paper):
+        if has_interval:
+            where = "inside" if row[f"paper_in_ci_{metric}"] else "outside"
+        else:
+            where = f"{scale * row[f'delta_{metric}']:+.{digits}f}"
+        text += f" ({scale * paper:.{paper_digits}f}: {where})"
+    return text
 
 
 def _cell(row: pd.Series, metric: str) -> str:
@@ -161,21 +267,28 @@ def write_table(table: pd.DataFrame, out: Path, name: str) -> str:
     return text
 
 
-def run_labels(rows: pd.DataFrame) -> list[str]:
-    """One legend label per run: ``lr=<lr>``, plus the run id's start where runs share an lr
-    (``--all-runs`` over several sweeps), so that no run hides another in a figure."""
-    labels = [f"lr={lr:g}" for lr in rows["lr"]]
-    return [f"{label} ({run_id[:7]})" if labels.count(label) > 1 else label
-            for label, run_id in zip(labels, rows["run_id"], strict=True)]
+def lr_label(lr: float, n_runs: int) -> str:
+    return f"lr={lr:g}" + (f" ({n_runs} runs)" if n_runs > 1 else "")
 
 
 def curves_by_model(runs: pd.DataFrame,
                     curves: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list]]:
-    """``{model title: {run label: per-epoch history}}``, the input of the curve figures."""
+    """``{model title: {lr label: [per-epoch history of each run at that lr]}}``, the input of
+    the curve figures: one line per learning rate, the mean over its runs (seeds) in a band."""
     return {MODELS.get(model, (model,))[0]:
-            dict(zip(run_labels(rows), (curves[run_id] for run_id in rows["run_id"]),
-                     strict=True))
+            {lr_label(lr, len(cell)): [curves[run_id] for run_id in cell["run_id"]]
+             for lr, cell in rows.groupby("lr", sort=False)}
             for model, rows in runs.groupby("model", sort=False)}
+
+
+def _time_bars(rows: pd.DataFrame, key: str,
+               label=lambda value, n: str(value)) -> tuple[dict, dict]:
+    """Mean training time per ``key`` over finished runs, and its sd where runs repeat."""
+    ok = rows[rows["outcome"] == "ok"].groupby(key, sort=False)["train_time_s"]
+    means, sds, sizes = ok.mean(), ok.std(), ok.size()
+    names = {value: label(value, sizes[value]) for value in means.index}
+    return ({names[v]: t for v, t in means.items()},
+            {names[v]: s for v, s in sds.items() if pd.notna(s)})
 
 
 def write_figures(runs: pd.DataFrame, table4: pd.DataFrame, curves: dict, out: Path) -> list[str]:
@@ -186,14 +299,16 @@ def write_figures(runs: pd.DataFrame, table4: pd.DataFrame, curves: dict, out: P
                                              overview.items(), strict=True):
         plots.save(plots.plot_curves(by_lr, CURVE_METRICS, title=title),
                    out / f"{model}_curves.png")
-        times = {label: r.train_time_s for label, r in zip(run_labels(rows), rows.itertuples(),
-                                                           strict=True) if r.outcome == "ok"}
-        plots.save(plots.plot_bars(times, "training time (s)", f"{title}: training time"),
-                   out / f"{model}_train_time.png")
+        times, errors = _time_bars(rows, "lr", lr_label)
+        plots.save(plots.plot_bars(times, "training time (s)", f"{title}: training time",
+                                   errors), out / f"{model}_train_time.png")
         names += [f"{model}_curves.png", f"{model}_train_time.png"]
     plots.save(plots.plot_overview(overview), out / "overview_val_acc.png")
     best_times = dict(zip(table4["model"], table4["train_time_s"], strict=True))
-    plots.save(plots.plot_bars(best_times, "training time (s)", "Training time at the best lr"),
+    best_sds = dict(zip(table4["model"], table4.get("train_time_s_sd", [None] * len(table4)),
+                        strict=True))
+    plots.save(plots.plot_bars(best_times, "training time (s)", "Training time at the best lr",
+                               {k: v for k, v in best_sds.items() if pd.notna(v)}),
                out / "train_time_best.png")
     return [*names, "overview_val_acc.png", "train_time_best.png"]
 
@@ -205,8 +320,10 @@ def build_report(runs: pd.DataFrame, out: Path, selection: str) -> Path:
     sections = [f"# MNIST model comparison: {selection}\n",
                 f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {len(runs)} "
                 f"MLflow runs at `{mlflow.get_tracking_uri()}`. "
-                "Each cell reads *measured (published, measured - published)*; accuracies in "
-                "percent, differences in percentage points. The CSV files hold the raw columns.\n"]
+                + (SEEDS_LEGEND if has_seeds(runs) else
+                   "Each cell reads *measured (published, measured - published)*; accuracies in "
+                   "percent, differences in percentage points.")
+                + " The CSV files hold the raw columns.\n"]
     for model in runs["model"].unique():
         title, number = MODELS.get(model, (model, "?"))
         text = write_table(lr_table(runs, model, paper), out, f"table_{model}")
@@ -214,7 +331,8 @@ def build_report(runs: pd.DataFrame, out: Path, selection: str) -> Path:
     table4 = best_table(runs, paper)
     text = write_table(table4, out, "table4_best")
     sections.append("## Best learning rate per model (report Table 4)\n\nChosen by final "
-                    f"validation accuracy; loss is the test cross-entropy.\n\n{text}\n")
+                    "validation accuracy (its mean over the runs of a cell); loss is the test "
+                    f"cross-entropy.\n\n{text}\n")
     curves = histories(MlflowClient(), runs["run_id"].tolist())
     figures = write_figures(runs, table4, curves, out)
     sections.append("## Figures\n\n" + "\n\n".join(f"![{f}]({f})" for f in figures) + "\n")

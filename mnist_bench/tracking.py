@@ -276,7 +276,7 @@ def log_figure(fig, name: str) -> None:
 
 def log_evaluation(history, targets: np.ndarray, predictions: np.ndarray, title: str) -> None:
     """Curves, confusion matrix and classification report of a finished run."""
-    log_figure(plots.plot_curves({title: history}, title=title), "figures/curves.png")
+    log_figure(plots.plot_curves({title: [history]}, title=title), "figures/curves.png")
     log_figure(plots.plot_confusion_matrix(metrics.confusion_matrix(targets, predictions),
                                            f"{title}: test set"), "figures/confusion_matrix.png")
     report = metrics.classification_report(targets, predictions)
@@ -284,12 +284,13 @@ def log_evaluation(history, targets: np.ndarray, predictions: np.ndarray, title:
     mlflow.log_dict(report, "classification_report.json")
 
 
-def log_model(model: torch.nn.Module, pixels: torch.Tensor, normalize: str) -> None:
+def log_model(model: torch.nn.Module, pixels: torch.Tensor, normalize: str, name: str) -> None:
     """The trained model as a :class:`DigitClassifier` (pixels in, probabilities out) with a
     signature and a numpy input example of ``pixels`` (at least 2 images, so that the exported
     batch dimension stays dynamic).
 
-    Explicit ``pip_requirements`` spare MLflow from inferring them, which halves the time.
+    Explicit ``pip_requirements`` spare MLflow from inferring them, which halves the time. The
+    run's tag ``model_uri`` says where the model is: ``runs:/<run id>/<name>``.
     """
     classifier = DigitClassifier(model.cpu(), normalize).eval()
     example = pixels.cpu().numpy()
@@ -297,6 +298,7 @@ def log_model(model: torch.nn.Module, pixels: torch.Tensor, normalize: str) -> N
         output = classifier(pixels.cpu()).numpy()
     requirements = [f"{name}=={metadata.version(name).split('+')[0]}"
                     for name in ("torch", "torchvision")]
-    mlflow.pytorch.log_model(classifier, name="model", input_example=example,
-                             signature=infer_signature(example, output),
-                             pip_requirements=requirements, metadata=CONTRACT)
+    info = mlflow.pytorch.log_model(classifier, name=name, input_example=example,
+                                    signature=infer_signature(example, output),
+                                    pip_requirements=requirements, metadata=CONTRACT)
+    mlflow.set_tag("model_uri", f"runs:/{info.run_id}/{name}")

@@ -78,7 +78,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
     checks: list[tuple[str, Any, bool, str]] = [
         ("n_samples", cfg.n_samples, cfg.n_samples >= MIN_SAMPLES, f"an integer >= {MIN_SAMPLES}"),
         ("model_uri", cfg.model_uri, cfg.source != "features" or bool(cfg.model_uri),
-         "set with source=features: runs:/<run id>/model, or a checkpoint path and model=<name>"),
+         "set with source=features: runs:/<run id>/<model name> (the run's model_uri tag), "
+         "or a checkpoint path and model=<name>"),
         ("source", cfg.source, not cfg.model_uri or cfg.source == "features",
          "features when model_uri is set (or drop model_uri)"),
         ("batch_size", cfg.batch_size, cfg.batch_size >= 1, "an integer >= 1"),
@@ -165,12 +166,12 @@ def _from_run(model_uri: str) -> TrainedModel:
 
 
 def load_trained_model(model_uri: str, cfg: DictConfig) -> TrainedModel:
-    """``runs:/<run id>/model`` of a training run, or a checkpoint file of the network that
+    """``runs:/<run id>/<model name>`` of a training run, or a checkpoint file of the network that
     ``model=<name>`` selects (scaled as ``data.normalize`` says)."""
     if Path(model_uri).is_file():
         return _from_checkpoint(Path(model_uri), cfg)
     if not model_uri.startswith("runs:/"):
-        raise UserError(f"model_uri={model_uri!r}: not a file, and not runs:/<run id>/model")
+        raise UserError(f"model_uri={model_uri!r}: not a file, and not runs:/<run id>/<model name>")
     return _from_run(model_uri)
 
 

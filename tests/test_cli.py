@@ -52,7 +52,7 @@ def test_params_tags_and_metric_history(mlp_run):
     assert tags["model"] == "mlp" and tags["optimizer"] == "adam" and tags["device"] == "cpu"
     assert tags["hydra_overrides"].endswith("model=mlp trainer.epochs=1 optimizer.lr=0.001")
     assert re.fullmatch(r"[0-9a-f]{40}|unknown", tags["git_commit"])
-    assert run.info.run_name == "model=mlp,optimizer.lr=0.001,trainer.epochs=1"
+    assert run.info.run_name == "mlp lr=0.001 seed=42 trainer.epochs=1"  # what differs first
     for key in ("test_acc", "test_loss", "best_val_acc", "train_time_s", "n_params"):
         assert key in metrics
     assert metrics["n_params"] == 104_938 and metrics["train_time_s"] > 0
@@ -92,7 +92,9 @@ def test_artifacts_and_logged_model(mlp_run):
                                                        str(cwd))).read_text())
     assert report["accuracy"] == pytest.approx(run.data.metrics["test_acc"])
     assert sum(report[str(d)]["support"] for d in range(10)) == 10_000
-    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    model_uri = run.data.tags["model_uri"]
+    assert model_uri == f"runs:/{run_id}/mlp-lr0_001-s42"  # named after the run
+    model = mlflow.pytorch.load_model(model_uri)
     test_images, test_labels = read_mnist(DATA_ROOT, train=False)
     pixels = test_images[:500].unsqueeze(1).float() / 255  # no scaling: the model does it
     probabilities = model(pixels)
@@ -100,9 +102,9 @@ def test_artifacts_and_logged_model(mlp_run):
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(500), atol=1e-5)
     accuracy = (probabilities.argmax(dim=1) == test_labels[:500]).float().mean().item()
     assert accuracy == pytest.approx(run.data.metrics["test_acc"], abs=0.05)
-    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    info = mlflow.models.get_model_info(model_uri)
     assert info.metadata["mnist_bench_output"].startswith("probabilities")
-    signature = mlflow.models.get_model_info(f"runs:/{run_id}/model").signature
+    signature = info.signature
     assert list(signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 28, 28]
     assert list(signature.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 10]
 

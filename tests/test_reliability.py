@@ -411,6 +411,26 @@ def test_a_full_disk_while_recording_the_error_still_ends_the_run_failed(tmp_pat
 
 
 @pytest.mark.slow
+def test_sigterm_to_a_sweep_ends_its_job_and_its_parent_run_killed(tmp_path, store, data_root):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_bench", "--multirun", *FAST,
+                             "optimizer.lr=0.001,0.002", "trainer.epochs=30",
+                             f"data.root={data_root}", f"tracking.uri={store}"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(f"multirun/*/*/0/{checkpoint.CHECKPOINT_NAME}")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == INTERRUPTED and "Traceback" not in output, output
+    by_type = {r.data.tags.get("run_type", "job"): r for r in all_runs(store)}
+    assert set(by_type) == {"sweep", "job"}  # the second job never started
+    assert by_type["job"].info.status == by_type["sweep"].info.status == "KILLED"
+    assert by_type["sweep"].data.metrics["killed"] == 1
+
+
+@pytest.mark.slow
 def test_two_ctrl_c_10_ms_apart_end_the_run_killed_with_one_message(tmp_path, store, data_root):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     # As in a terminal: a shell starts background jobs (CI's too) with SIGINT ignored, and
@@ -838,3 +858,11 @@ def test_a_read_only_launch_folder_is_one_line(tmp_path, module, args):
 def test_two_runs_started_in_one_second_get_their_own_folders(tmp_path):
     folders = {compose_job(FAST, tmp_path).hydra.run.dir for _ in range(2)}
     assert len(folders) == 2 and all(f.startswith("outputs/") for f in folders)
+
+
+def test_a_sweep_whose_store_cannot_be_used_is_one_line_before_any_job(tmp_path):
+    proc = run_cli(["--multirun", *FAST, "optimizer.lr=0.01,0.02",
+                    f"tracking.uri=sqlite:///{tmp_path}/nope/mlflow.db"], cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in output_of(proc), output_of(proc)
+    assert re.search(r"the folder .*nope does not exist", proc.stderr)
+    assert "Launching 2 jobs" not in output_of(proc)

@@ -131,7 +131,7 @@ def test_a_team_server_on_postgresql_takes_a_parallel_sweep(team_server, tmp_pat
         assert list(artifacts.rglob(f"*{run.info.run_id}*/**/curves.png"))
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pyfunc.load_model(f"runs:/{runs[0].info.run_id}/model")
+    model = mlflow.pyfunc.load_model(runs[0].data.tags["model_uri"])
     assert model.predict(torch.rand(3, 1, 28, 28).numpy()).shape == (3, 10)
 
     report = run_cli(["--tracking-uri", uri, "--out", str(tmp_path / "report")], cwd=tmp_path,
@@ -139,7 +139,7 @@ def test_a_team_server_on_postgresql_takes_a_parallel_sweep(team_server, tmp_pat
     assert report.returncode == 0, report.stderr
     assert "report for sweep" in report.stdout and "4 runs (0 failed" in report.stdout
     assert (tmp_path / "report" / "table_lenet.md").is_file()
-    tsne = run_cli(["source=features", f"model_uri=runs:/{runs[0].info.run_id}/model",
+    tsne = run_cli(["source=features", f"model_uri={runs[0].data.tags['model_uri']}",
                     "n_samples=300", f"tracking.uri={uri}"], cwd=tmp_path,
                    module="mnist_bench.tsne")
     assert tsne.returncode == 0, tsne.stderr[-2000:]

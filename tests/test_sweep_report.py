@@ -1,18 +1,21 @@
 """A small real sweep on real data, then the report command, read back through MLflow."""
 
 import csv
+import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import scipy.stats
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import SMALL_SWEEP, compose_job, run_cli, sqlite_uri
+from conftest import SMALL_SWEEP, compose_job, run_cli, run_in_process, sqlite_uri
 from mnist_bench import checkpoint, report
 
 
@@ -24,7 +27,29 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def training_runs(client: MlflowClient) -> list:
     experiment = client.get_experiment_by_name("mnist_bench")
     runs = client.search_runs([experiment.experiment_id])
-    return [r for r in runs if r.data.tags.get("run_type") != "report"]
+    return [r for r in runs if r.data.tags.get("run_type") not in ("report", "sweep")]
+
+
+def parent_run(client: MlflowClient):
+    experiment = client.get_experiment_by_name("mnist_bench")
+    [parent] = client.search_runs([experiment.experiment_id], "tags.run_type = 'sweep'")
+    return parent
+
+
+def test_the_sweep_is_one_parent_run_holding_its_jobs_and_report(sweep):
+    _, client, _ = sweep
+    parent, children = parent_run(client), training_runs(client)
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep_id"] == children[0].data.tags["sweep_id"]
+    assert "model=mlp,lenet optimizer.lr=0.01,0.001" in parent.data.tags["hydra_overrides"]
+    assert parent.data.metrics == {"jobs": 4, "finished": 4, "failed": 0, "diverged": 0,
+                                   "killed": 0, "running": 0}
+    files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/index.md", "report/table4_best.csv", "report/table_lenet.csv"} <= files
+    for child in children:  # named by what differs first
+        lr = float(child.data.params["optimizer.lr"])
+        assert child.info.run_name.startswith(f"{child.data.tags['model']} lr={lr:g} seed=42 ")
 
 
 def test_sweep_jobs_share_one_sweep_id_and_output_folders(sweep):
@@ -110,9 +135,13 @@ def test_failed_job_does_not_stop_the_sweep_or_the_report(tmp_path, data_root):
     proc = run_cli(["--multirun", "model=mlp", "optimizer=sgd", "optimizer.lr=0.05,1e12",
                     f"tracking.uri={uri}", "trainer.log_every_n_steps=5", *SMALL_SWEEP],
                    cwd=tmp_path)
-    assert proc.returncode != 0
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "a job of the sweep failed (training diverged at epoch 1" in proc.stderr
     runs = {float(r.data.params["optimizer.lr"]): r for r in
             training_runs(MlflowClient(tracking_uri=uri))}
+    parent = parent_run(MlflowClient(tracking_uri=uri))
+    assert parent.info.status == "FAILED"  # although Hydra skips its end-of-sweep callback
+    assert (parent.data.metrics["finished"], parent.data.metrics["diverged"]) == (1, 1)
     assert runs[0.05].info.status == "FINISHED"
     assert runs[1e12].info.status == "FAILED" and runs[1e12].data.tags["diverged"] == "true"
     report = run_cli(["--tracking-uri", uri, "--out", str(tmp_path / "report")], cwd=tmp_path,
@@ -123,15 +152,15 @@ def test_failed_job_does_not_stop_the_sweep_or_the_report(tmp_path, data_root):
     assert "diverged" in (tmp_path / "report" / "table_mlp.md").read_text()
 
 
-def test_runs_that_share_a_learning_rate_each_keep_their_curve():
-    """``--all-runs`` over two sweeps: two MLP runs at lr 0.01 are two lines, not one."""
+def test_runs_that_share_a_learning_rate_form_one_curve_of_all_of_them():
+    """Seeds (or ``--all-runs`` over two sweeps): both MLP runs at lr 0.01 feed one line (their
+    mean, in a band), and neither is dropped."""
     runs = pd.DataFrame({"model": ["mlp", "mlp", "mlp"], "lr": [0.01, 0.01, 0.001],
                          "run_id": ["aaaaaaa111", "bbbbbbb222", "ccccccc333"]})
     curves = {run_id: [{"val_acc": float(i)}] for i, run_id in enumerate(runs["run_id"])}
     [(title, by_label)] = report.curves_by_model(runs, curves).items()
-    assert by_label == {"lr=0.01 (aaaaaaa)": [{"val_acc": 0.0}],
-                        "lr=0.01 (bbbbbbb)": [{"val_acc": 1.0}],
-                        "lr=0.001": [{"val_acc": 2.0}]}
+    assert by_label == {"lr=0.01 (2 runs)": [[{"val_acc": 0.0}], [{"val_acc": 1.0}]],
+                        "lr=0.001": [[{"val_acc": 2.0}]]}
 
 
 def test_each_launch_gets_its_own_sweep_folder(tmp_path):
@@ -161,3 +190,63 @@ def test_two_sweeps_started_together_keep_apart(tmp_path, data_root):
     for run, path in zip(runs, checkpoints, strict=True):
         assert checkpoint.load_checkpoint(path)["mlflow_run_id"] == run.info.run_id
         assert run.data.tags["sweep_id"] in str(path).replace("\\", "/")
+
+
+# ------------------------------------------------------------------ seeds -----------------
+
+def constructed_runs(cells: dict[float, list[float]], model: str = "lenet") -> pd.DataFrame:
+    """Finished runs with the given final validation accuracies per learning rate."""
+    rows = [{"run_id": f"{lr}-{i}", "model": model, "lr": lr, "outcome": "ok", "val_acc": acc,
+             "train_acc": acc, "test_acc": acc, "train_time_s": 10.0 + i, "test_loss": 0.1}
+            for lr, accs in cells.items() for i, acc in enumerate(accs)]
+    return pd.DataFrame(rows)
+
+
+def test_a_cell_whose_seeds_split_is_shown_as_bimodal_not_averaged():
+    runs = constructed_runs({0.01: [0.976, 0.987, 0.101, 0.114], 0.0002: [0.93, 0.94, 0.935]})
+    table = report.lr_table(runs, "lenet", report.published())
+    cell = table.set_index("lr").loc[0.01]
+    assert cell["bimodal"] and (cell["learned"], cell["at_chance"]) == (2, 2)
+    text = report._markdown(table)
+    assert "bimodal: 2 learned (98.15), 2 at chance (10.75)" in text
+    assert "54.4" not in text  # the mean of all four describes none of them
+    assert not table.set_index("lr").loc[0.0002, "bimodal"]
+
+
+def test_table4_says_whether_the_runner_up_is_within_the_interval():
+    tied = constructed_runs({0.01: [0.980, 0.984, 0.976], 0.001: [0.979, 0.981, 0.975]})
+    clear = constructed_runs({0.01: [0.980, 0.981, 0.982], 0.001: [0.90, 0.91, 0.92]})
+    paper = report.published()
+    assert report.best_table(tied, paper).loc[0, "verdict"] == "tied with lr=0.001"
+    best = report.best_table(clear, paper).loc[0]
+    assert (best["lr"], best["verdict"]) == (0.01, "best")
+    assert best["train_time_s"] == pytest.approx(11.0) and best["train_time_s_sd"] == 1.0
+
+
+def test_seed_sweep_statistics_match_an_independent_computation(tmp_path, data_root):
+    """A real sweep of 2 learning rates x 3 seeds; mean, sd and the t interval recomputed
+    from the runs read back through MLflow."""
+    uri = sqlite_uri(tmp_path)
+    for lr in (0.01, 0.0005):
+        for seed in (0, 1, 2):
+            run_in_process(["model=mlp", "trainer.epochs=1", "data.max_train_samples=500",
+                            "data.val_size=500", "tracking.log_model=false", f"trainer.seed={seed}",
+                            f"optimizer.lr={lr}", "tracking.sweep_id=seeds", f"tracking.uri={uri}"],
+                           tmp_path)
+    assert report.main(["--tracking-uri", uri, "--out", str(tmp_path / "report"),
+                        "--no-log"]) == 0
+    rows = {float(r["lr"]): r for r in read_csv(tmp_path / "report" / "table_mlp.csv")}
+    for lr, row in rows.items():
+        values = [r.data.metrics["test_acc"] for r in training_runs(MlflowClient(uri))
+                  if float(r.data.params["optimizer.lr"]) == lr]
+        assert len(values) == int(row["runs"]) == 3
+        mean, sd = statistics.mean(values), statistics.stdev(values)
+        low, high = scipy.stats.t.interval(0.95, 2, loc=mean, scale=sd / math.sqrt(3))
+        assert float(row["test_acc"]) == pytest.approx(mean)
+        assert float(row["test_acc_sd"]) == pytest.approx(sd)
+        assert (float(row["test_acc_ci_low"]), float(row["test_acc_ci_high"])) == \
+            pytest.approx((low, high))
+        assert float(row["test_acc_min"]) == min(values)
+    index = (tmp_path / "report" / "index.md").read_text()
+    assert "Student's t" in index
+    assert re.search(r"\| 0\.01\s+\|\s+3 \| ok\s+\| \d+\.\d\d ± \d+\.\d\d \[", index), index

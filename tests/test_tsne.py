@@ -103,8 +103,8 @@ def test_pixel_map_is_tracked_and_clusters_the_digits(store, data_root):
 def test_feature_map_of_a_model_trained_here(store, trained_mlp):
     folder, client = store
     run_id, _ = trained_mlp
-    proc = tsne_cli([*SMALL, "source=features", f"model_uri=runs:/{run_id}/model"], folder,
-                    "features")
+    model_uri = client.get_run(run_id).data.tags["model_uri"]
+    proc = tsne_cli([*SMALL, "source=features", f"model_uri={model_uri}"], folder, "features")
     assert proc.returncode == 0, proc.stderr
     run = client.get_run(run_id_of(proc.stdout))
     assert run.data.tags["source"] == "features" and run.data.tags["source_run_id"] == run_id
@@ -179,7 +179,7 @@ def test_a_stored_config_with_a_foreign_target_is_refused(store, trained_mlp, tm
     config.model = {"_target_": "builtins.open", "name": "mlp", "file": str(marker), "mode": "w"}
     with mlflow.start_run() as run:  # a real model beside a tampered config.yaml
         mlflow.log_text(OmegaConf.to_yaml(config), "config.yaml")
-        tracking.log_model(MLP(), torch.rand(2, 1, 28, 28), "unit")
+        tracking.log_model(MLP(), torch.rand(2, 1, 28, 28), "unit", "model")
     cfg = OmegaConf.create({"model": None, "data": {"normalize": "unit"}})
     with pytest.raises(UserError, match="model._target_='builtins.open'"):
         load_trained_model(f"runs:/{run.info.run_id}/model", cfg)

@@ -137,11 +137,11 @@ def test_inputs_name_a_file_a_folder_or_a_glob(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_root) -> tuple[Path, str, float]:
-    """A small MLP run with its logged model: launch folder, run id, test accuracy."""
+    """A small MLP run with its logged model: launch folder, model URI, test accuracy."""
     folder = tmp_path_factory.mktemp("trained")
     job = run_in_process([*TRAIN, f"tracking.uri={sqlite_uri(folder)}"], folder)
     run = MlflowClient(tracking_uri=sqlite_uri(folder)).get_run(job.run_id)
-    return folder, job.run_id, run.data.metrics["test_acc"]
+    return folder, run.data.tags["model_uri"], run.data.metrics["test_acc"]
 
 
 def predict_in_process(overrides: list[str], launch_dir: Path) -> tuple[str, int]:
@@ -162,7 +162,7 @@ def predict_in_process(overrides: list[str], launch_dir: Path) -> tuple[str, int
 
 def test_predict_reads_pictures_of_test_digits_as_well_as_the_model_reads_mnist(
         trained, mnist_test, tmp_path):
-    folder, run_id, test_acc = trained
+    folder, model_uri, test_acc = trained
     images, labels = mnist_test
     for index in range(100):
         photo = as_photo(images[index], 2 + index % 3, (index % 50, 80 - index % 70),
@@ -170,7 +170,7 @@ def test_predict_reads_pictures_of_test_digits_as_well_as_the_model_reads_mnist(
         save_png(photo, tmp_path / f"{index:03d}.png")
     (tmp_path / "zz_broken.png").write_text("not a picture")
     stdout, n_bad = predict_in_process(
-        [f"model_uri=runs:/{run_id}/model", f"inputs={tmp_path}/*.png",
+        [f"model_uri={model_uri}", f"inputs={tmp_path}/*.png",
          f"tracking.uri={sqlite_uri(folder)}", f"output={tmp_path / 'table.csv'}"], folder)
     assert n_bad == 1
     table = pd.read_csv(tmp_path / "table.csv")
@@ -183,7 +183,7 @@ def test_predict_reads_pictures_of_test_digits_as_well_as_the_model_reads_mnist(
 
 
 def test_predict_refuses_a_model_without_probabilities(trained, tmp_path):
-    folder, run_id, _ = trained
+    folder, _, _ = trained
     mlflow.set_tracking_uri(sqlite_uri(folder))
     with mlflow.start_run() as run:  # as models were logged before they returned probabilities
         mlflow.pytorch.log_model(__import__("torch").nn.Flatten(), name="model",
@@ -261,10 +261,10 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_served_model_answers_with_the_probabilities_of_predict(trained, tmp_path):
-    folder, run_id, _ = trained
+    folder, model_uri, _ = trained
     uri = sqlite_uri(folder)
     mlflow.set_tracking_uri(uri)
-    version = mlflow.register_model(f"runs:/{run_id}/model", "mnist-served")
+    version = mlflow.register_model(model_uri, "mnist-served")
     MlflowClient().set_registered_model_alias("mnist-served", "champion", version.version)
     pictures = [(p, d) for p, d in write_check_set(tmp_path / "digits", per_digit=1)]
     proc = run_cli(["model_uri=models:/mnist-served@champion", f"inputs={tmp_path}/digits",
