@@ -59,8 +59,13 @@ def test_the_slurm_preset_composes_into_submitits_slurm_launcher():
 
 
 def check_runs(client: MlflowClient, n_runs: int, epochs: int) -> list:
-    runs = client.search_runs([client.get_experiment_by_name("mnist_bench").experiment_id])
+    """The jobs' runs, each checked; and their sweep's parent run, with their outcome."""
+    experiment = client.get_experiment_by_name("mnist_bench").experiment_id
+    [parent] = client.search_runs([experiment], "tags.run_type = 'sweep'")
+    runs = [r for r in client.search_runs([experiment]) if r.info.run_id != parent.info.run_id]
     assert len(runs) == n_runs
+    assert parent.info.status == "FINISHED" and parent.data.metrics["finished"] == n_runs
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     for run in runs:
         assert run.info.status == "FINISHED", run.data.tags.get("error")
         for key in EPOCH_KEYS:
