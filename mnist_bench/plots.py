@@ -24,8 +24,9 @@ History = Sequence[Mapping[str, float]]
 
 
 def _draw(ax, groups: Mapping[str, Sequence[History]], metric: str) -> None:
-    """One line per group (e.g. per learning rate): the mean over its histories (e.g. seeds),
-    in a band of one standard deviation where it holds several."""
+    """One line per group (e.g. per learning rate): the mean over its histories (e.g. seeds)
+    in a band of one standard deviation, cut to the range the runs span, with each run as a
+    thin line, so that seeds that split (some learn, some stay at chance) show as such."""
     for label, histories in groups.items():
         curves = [[row[metric] for row in h if metric in row] for h in histories]
         length = min(len(c) for c in curves)
@@ -36,7 +37,10 @@ def _draw(ax, groups: Mapping[str, Sequence[History]], metric: str) -> None:
         line, = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
         if len(values) > 1:
             sd = values.std(axis=0, ddof=1)
-            ax.fill_between(epochs, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
+            low = np.maximum(mean - sd, values.min(axis=0))
+            high = np.minimum(mean + sd, values.max(axis=0))
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+            ax.plot(epochs, values.T, color=line.get_color(), linewidth=0.6, alpha=0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 

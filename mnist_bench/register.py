@@ -59,8 +59,8 @@ def best_candidates(runs: pd.DataFrame) -> tuple[list[Candidate], list[str]]:
     finished = runs[(runs["outcome"] == "ok") & runs["val_acc"].notna()]
     finished = finished.assign(cell=finished["tags.hydra_overrides"].fillna("").map(cell_of))
     found, missing = [], []
-    for model in runs["model"].unique():
-        rows = finished[finished["model"] == model]
+    for model in runs["base_model"].unique():  # epoch variants compete within their network
+        rows = finished[finished["base_model"] == model]
         cells = rows.groupby("cell")["val_acc"].agg(["mean", "size"]).sort_values(
             "mean", ascending=False)
         for cell, stats in cells.iterrows():

@@ -9,6 +9,7 @@ written as Markdown and CSV beside the report's published numbers, the figures a
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from datetime import datetime, timezone
 from importlib import resources
@@ -28,6 +29,7 @@ MODELS = {  # model name -> (title, table number of the report it reproduces)
     "googlenet": ("GoogLeNet", 2),
 }
 ACCURACIES = ("train_acc", "val_acc", "test_acc")
+PAPER_EPOCHS = 10  # the report's learning-rate sweep
 CURVE_METRICS = ("train_loss", "train_acc", "val_acc")
 NOT_TRAINING = ("report", "tsne", "sweep")
 CELL_FORMATS = {"train_time_s": (1, 1, 0), "test_loss": (1, 3, 3)}  # scale, digits, paper digits
@@ -62,17 +64,30 @@ def latest_sweep_id(experiment: str) -> str:
     return runs.iloc[0]["tags.sweep_id"]
 
 
-def load_runs(experiment: str, sweep_id: str | None) -> pd.DataFrame:
-    """Training runs of the selection, one row per run, with ``model``, ``lr`` and ``outcome``."""
-    filter_string = f"tags.sweep_id = '{sweep_id}'" if sweep_id else ""
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string)
+def load_runs(experiment: str, sweep_ids: str | list[str] | None) -> pd.DataFrame:
+    """Training runs of the selection (one or more sweeps, or the whole experiment), one row
+    per run, with ``model``, ``base_model``, ``epochs``, ``lr`` and ``outcome``.
+
+    Where the selection mixes epoch counts (the report's 10-epoch sweep and its 25-epoch
+    Table 4 protocol), runs trained for other than 10 epochs are labelled ``<model> (<n>
+    epochs)`` and form tables, curves and Table 4 rows of their own.
+    """
+    sweep_ids = [sweep_ids] if isinstance(sweep_ids, str) else sweep_ids
+    filters = [f"tags.sweep_id = '{sweep_id}'" for sweep_id in sweep_ids or [""]]
+    runs = pd.concat([mlflow.search_runs(experiment_names=[experiment], filter_string=f)
+                      for f in filters], ignore_index=True)
     if not runs.empty and "tags.run_type" in runs:
         runs = runs[~runs["tags.run_type"].isin(NOT_TRAINING)]
     if runs.empty or "tags.model" not in runs:
-        where = f"sweep {sweep_id!r}" if sweep_id else "it"
+        where = f"sweep {', '.join(map(repr, sweep_ids))}" if sweep_ids else "it"
         raise ReportError(f"no training runs found for {where} in experiment {experiment!r} "
                           f"at {mlflow.get_tracking_uri()}")
-    runs = runs.assign(model=runs["tags.model"], lr=runs["params.optimizer.lr"].astype(float),
+    epochs = runs["params.trainer.epochs"].astype(int)
+    model = runs["tags.model"]
+    if epochs.nunique() > 1:
+        model = model.where(epochs == PAPER_EPOCHS, model + " (" + epochs.astype(str) + " epochs)")
+    runs = runs.assign(model=model, base_model=runs["tags.model"], epochs=epochs,
+                       lr=runs["params.optimizer.lr"].astype(float),
                        outcome=runs.apply(_outcome, axis=1))
     for metric in (*ACCURACIES, "train_time_s", "test_loss", "val_loss"):
         runs[metric] = runs.get(f"metrics.{metric}")
@@ -171,9 +186,13 @@ def best_table(runs: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
         best = finished.loc[finished.groupby("model", sort=False)["val_acc"].idxmax()]
         table = best[["model", "lr", *ACCURACIES, "train_time_s", "test_loss"]]
         table = table.reset_index(drop=True)
+    # each row beside the published one of its network, e.g. "lenet (25 epochs)" beside lenet's
+    base = runs.get("base_model", runs["model"])
+    table.insert(1, "base_model", table["model"].map(dict(zip(runs["model"], base,
+                                                              strict=True))))
     ref = paper[paper["table"] == 4].set_index("model")
     ref = ref[[*ACCURACIES, "train_time_s", "loss"]].rename(columns={"loss": "test_loss"})
-    return _with_published(table, ref.rename(columns=lambda c: f"paper_{c}"), on="model")
+    return _with_published(table, ref.rename(columns=lambda c: f"paper_{c}"), on="base_model")
 
 
 def _best_cell(model: str, rows: pd.DataFrame) -> dict:
@@ -267,6 +286,11 @@ def write_table(table: pd.DataFrame, out: Path, name: str) -> str:
     return text
 
 
+def slug(model: str) -> str:
+    """A file name part: ``lenet (25 epochs)`` becomes ``lenet_25_epochs``."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", model).strip("_")
+
+
 def lr_label(lr: float, n_runs: int) -> str:
     return f"lr={lr:g}" + (f" ({n_runs} runs)" if n_runs > 1 else "")
 
@@ -298,11 +322,11 @@ def write_figures(runs: pd.DataFrame, table4: pd.DataFrame, curves: dict, out: P
     for (model, rows), (title, by_lr) in zip(runs.groupby("model", sort=False),
                                              overview.items(), strict=True):
         plots.save(plots.plot_curves(by_lr, CURVE_METRICS, title=title),
-                   out / f"{model}_curves.png")
+                   out / f"{slug(model)}_curves.png")
         times, errors = _time_bars(rows, "lr", lr_label)
         plots.save(plots.plot_bars(times, "training time (s)", f"{title}: training time",
-                                   errors), out / f"{model}_train_time.png")
-        names += [f"{model}_curves.png", f"{model}_train_time.png"]
+                                   errors), out / f"{slug(model)}_train_time.png")
+        names += [f"{slug(model)}_curves.png", f"{slug(model)}_train_time.png"]
     plots.save(plots.plot_overview(overview), out / "overview_val_acc.png")
     best_times = dict(zip(table4["model"], table4["train_time_s"], strict=True))
     best_sds = dict(zip(table4["model"], table4.get("train_time_s_sd", [None] * len(table4)),
@@ -326,7 +350,7 @@ def build_report(runs: pd.DataFrame, out: Path, selection: str) -> Path:
                 + " The CSV files hold the raw columns.\n"]
     for model in runs["model"].unique():
         title, number = MODELS.get(model, (model, "?"))
-        text = write_table(lr_table(runs, model, paper), out, f"table_{model}")
+        text = write_table(lr_table(runs, model, paper), out, f"table_{slug(model)}")
         sections.append(f"## {title}: learning rates (report Table {number})\n\n{text}\n")
     table4 = best_table(runs, paper)
     text = write_table(table4, out, "table4_best")
@@ -356,7 +380,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m mnist_bench.report",
         description="Rebuild the report's Tables 1-4 and figures from tracked MLflow runs, "
                     "beside the published numbers. Default selection: the latest sweep.")
-    parser.add_argument("--sweep-id", help="select the runs tagged with this sweep_id")
+    parser.add_argument("--sweep-id", action="append",
+                        help="select the runs tagged with this sweep_id; repeat it to report "
+                             "several sweeps together (e.g. the 10-epoch sweep and the 25-epoch "
+                             "Table 4 protocol)")
     parser.add_argument("--all-runs", action="store_true",
                         help="select every training run of the experiment instead of one sweep")
     parser.add_argument("--experiment", default="mnist_bench", help="MLflow experiment name")
@@ -375,10 +402,12 @@ def main(argv: list[str] | None = None) -> int:
         if mlflow.get_experiment_by_name(args.experiment) is None:
             raise ReportError(f"experiment {args.experiment!r} does not exist at "
                               f"{mlflow.get_tracking_uri()}")
-        sweep_id = None if args.all_runs else args.sweep_id or latest_sweep_id(args.experiment)
+        sweep_ids = None if args.all_runs else args.sweep_id or [latest_sweep_id(args.experiment)]
+        sweep_id = " + ".join(sweep_ids) if sweep_ids else None
         selection = f"sweep {sweep_id}" if sweep_id else f"experiment {args.experiment}"
-        runs = load_runs(args.experiment, sweep_id)
-        out = args.out or Path("reports") / (sweep_id or args.experiment).replace("/", "_")
+        runs = load_runs(args.experiment, sweep_ids)
+        out = args.out or Path("reports") / (sweep_id or args.experiment).replace(
+            "/", "_").replace(" + ", "+")
         index = build_report(runs, out, selection)
     except ReportError as err:
         print(f"mnist_bench.report: {err}", file=sys.stderr)

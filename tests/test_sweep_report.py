@@ -250,3 +250,23 @@ def test_seed_sweep_statistics_match_an_independent_computation(tmp_path, data_r
     index = (tmp_path / "report" / "index.md").read_text()
     assert "Student's t" in index
     assert re.search(r"\| 0\.01\s+\|\s+3 \| ok\s+\| \d+\.\d\d ± \d+\.\d\d \[", index), index
+
+
+def test_table4_shows_the_sweep_and_the_25_epoch_protocol_each_beside_the_published_row(
+        tmp_path, data_root):
+    """Two sweeps reported together: runs of another epoch count get rows of their own."""
+    uri = sqlite_uri(tmp_path)
+    for sweep_id, epochs, lrs in (("grid", 1, (0.01, 0.001)), ("protocol", 2, (0.0002,))):
+        for lr in lrs:
+            run_in_process(["model=mlp", f"trainer.epochs={epochs}", "data.max_train_samples=500",
+                            "data.val_size=500", "tracking.log_model=false", f"optimizer.lr={lr}",
+                            f"tracking.sweep_id={sweep_id}", f"tracking.uri={uri}"], tmp_path)
+    assert report.main(["--tracking-uri", uri, "--sweep-id", "grid", "--sweep-id", "protocol",
+                        "--out", str(tmp_path / "report"), "--no-log"]) == 0
+    rows = {r["model"]: r for r in read_csv(tmp_path / "report" / "table4_best.csv")}
+    assert set(rows) == {"mlp (1 epochs)", "mlp (2 epochs)"}
+    assert float(rows["mlp (2 epochs)"]["lr"]) == 0.0002
+    paper_mlp = report.published().query("table == 4 and model == 'mlp'").iloc[0]
+    for row in rows.values():
+        assert float(row["paper_test_acc"]) == paper_mlp["test_acc"]
+    assert (tmp_path / "report" / "table_mlp_2_epochs.md").is_file()
