@@ -15,9 +15,11 @@ import mlflow
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
 
-from conftest import run_cli, run_in_process, sqlite_uri
+from conftest import compose_job, run_cli, run_in_process, sqlite_uri
+from mnist_bench import job
 from mnist_bench.cli import CONF_DIR
 from mnist_bench.team_server import TeamServer, start, stop
 
@@ -35,17 +37,26 @@ def threads_restored():
 @pytest.mark.parametrize(("launcher", "expected"), [
     (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], lambda cores: max(1, cores // 2)),
     (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"], lambda cores: 1),
-    (["hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1"], lambda cores: 1),
-    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "device.num_threads=3"],
-     lambda cores: 3),  # an explicit value wins
-], ids=["joblib-2", "joblib-all", "submitit-cpus", "explicit"])
-def test_parallel_jobs_share_the_cores(tmp_path, data_root, threads_restored, launcher,
-                                       expected):
-    job = run_in_process(["model=mlp", "trainer.epochs=1", "data.max_train_samples=500",
-                          "tracking.log_model=false", f"tracking.uri={sqlite_uri(tmp_path)}",
-                          *launcher], tmp_path)
-    run = MlflowClient(tracking_uri=sqlite_uri(tmp_path)).get_run(job.run_id)
-    assert run.data.tags["torch_threads"] == str(expected(os.cpu_count()))
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"], lambda cores: cores),
+    (["hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=3"], lambda cores: 3),
+    ([], lambda cores: None),  # one job at a time: torch's default
+], ids=["joblib-2", "joblib-all", "joblib-1", "submitit-cpus", "basic"])
+def test_each_launcher_implies_the_threads_of_a_job(tmp_path, launcher, expected):
+    HydraConfig.instance().set_config(compose_job(launcher, tmp_path))
+    assert job.launcher_threads() == expected(os.cpu_count())
+
+
+def test_parallel_jobs_record_and_use_their_share_of_the_cores(tmp_path, data_root,
+                                                              threads_restored):
+    args = ["model=mlp", "trainer.epochs=1", "data.max_train_samples=500",
+            "tracking.log_model=false", f"tracking.uri={sqlite_uri(tmp_path)}",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    job_run = run_in_process(args, tmp_path)
+    run = MlflowClient(tracking_uri=sqlite_uri(tmp_path)).get_run(job_run.run_id)
+    assert run.data.tags["torch_threads"] == str(max(1, os.cpu_count() // 2))
+    explicit = run_in_process([*args, "device.num_threads=3"], tmp_path)  # an explicit value wins
+    run = MlflowClient(tracking_uri=sqlite_uri(tmp_path)).get_run(explicit.run_id)
+    assert run.data.tags["torch_threads"] == "3"
 
 
 def test_the_slurm_preset_composes_into_submitits_slurm_launcher():
