@@ -183,14 +183,19 @@ def test_predict_reads_pictures_of_test_digits_as_well_as_the_model_reads_mnist(
 
 
 def test_predict_refuses_a_model_without_probabilities(trained, tmp_path):
-    folder, _, _ = trained
+    """A model without the metadata saying it returns probabilities (as models were logged
+    before they did) is refused: predict would print raw scores as probabilities."""
+    folder, model_uri, _ = trained
     mlflow.set_tracking_uri(sqlite_uri(folder))
-    with mlflow.start_run() as run:  # as models were logged before they returned probabilities
-        mlflow.pytorch.log_model(__import__("torch").nn.Flatten(), name="model",
-                                 input_example=np.zeros((2, 1, 28, 28), np.float32))
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "m")))
+    mlmodel = (local / "MLmodel").read_text()
+    assert "mnist_bench_output" in mlmodel
+    (local / "MLmodel").write_text("\n".join(line for line in mlmodel.splitlines()
+                                             if "mnist_bench_" not in line
+                                             and not line.startswith("metadata:")))
     save_png(np.eye(28, dtype=np.float32), tmp_path / "one.png")
     with pytest.raises(UserError, match="not an mnist_bench digit model that returns"):
-        predict_in_process([f"model_uri=runs:/{run.info.run_id}/model", f"inputs={tmp_path}",
+        predict_in_process([f"model_uri={local}", f"inputs={tmp_path / 'one.png'}",
                             f"tracking.uri={sqlite_uri(folder)}"], folder)
 
 
