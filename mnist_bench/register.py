@@ -13,15 +13,13 @@ import argparse
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_bench.report import ReportError, latest_sweep_id, load_runs
-from mnist_bench.tracking import tracking_uri
+from mnist_bench.report import ReportError, add_selection_args, select_runs
 
 # Overrides that do not change what is trained: runs that differ only in these share a cell.
 NOT_THE_CELL = re.compile(r"(^| )(trainer\.seed|device[.=]\S*|tracking\.\S+|data\.root|"
@@ -116,33 +114,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Register each network's best model of a sweep (by mean validation "
                     "accuracy over seeds) as mnist-<model> and point an alias at it, if it "
                     "beats the model the alias points at. Default selection: the latest sweep.")
-    parser.add_argument("--sweep-id", help="select the runs tagged with this sweep_id")
-    parser.add_argument("--all-runs", action="store_true",
-                        help="select every training run of the experiment instead of one sweep")
-    parser.add_argument("--experiment", default="mnist_bench", help="MLflow experiment name")
+    add_selection_args(parser)
     parser.add_argument("--alias", default="champion", help="the alias to move (default: "
                                                             "champion)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    mlflow.set_tracking_uri(tracking_uri(args.tracking_uri, Path.cwd()))
     try:
-        if mlflow.get_experiment_by_name(args.experiment) is None:
-            raise ReportError(f"experiment {args.experiment!r} does not exist at "
-                              f"{mlflow.get_tracking_uri()}")
-        sweep_id = None if args.all_runs else args.sweep_id or latest_sweep_id(args.experiment)
-        selection = f"sweep {sweep_id}" if sweep_id else f"experiment {args.experiment}"
-        candidates, missing = best_candidates(load_runs(args.experiment, sweep_id))
+        chosen = select_runs(args)
+        candidates, missing = best_candidates(chosen.runs)
     except ReportError as err:
         print(f"mnist_bench.register: {err}", file=sys.stderr)
         return 2
     client = MlflowClient()
     for best in candidates:
-        print(register(client, best, args.alias, selection), flush=True)
+        print(register(client, best, args.alias, chosen.description), flush=True)
     for line in missing:
         print(f"mnist_bench.register: {line}", file=sys.stderr)
     return 0 if candidates else 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -375,13 +376,10 @@ def log_report(out: Path, experiment: str, selection: str, sweep_id: str | None)
     return run.info.run_id
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m mnist_bench.report",
-        description="Rebuild the report's Tables 1-4 and figures from tracked MLflow runs, "
-                    "beside the published numbers. Default selection: the latest sweep.")
+def add_selection_args(parser: argparse.ArgumentParser) -> None:
+    """The options that select runs, shared by the commands that read a sweep's runs."""
     parser.add_argument("--sweep-id", action="append",
-                        help="select the runs tagged with this sweep_id; repeat it to report "
+                        help="select the runs tagged with this sweep_id; repeat it to select "
                              "several sweeps together (e.g. the 10-epoch sweep and the 25-epoch "
                              "Table 4 protocol)")
     parser.add_argument("--all-runs", action="store_true",
@@ -389,6 +387,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--experiment", default="mnist_bench", help="MLflow experiment name")
     parser.add_argument("--tracking-uri", default=None,
                         help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
+
+
+@dataclass
+class Selection:
+    runs: pd.DataFrame
+    description: str       # "sweep <id>" or "experiment <name>"
+    sweep_id: str | None   # the sweep ids joined by " + "; None for a whole experiment
+
+
+def select_runs(args: argparse.Namespace) -> Selection:
+    """The runs that ``add_selection_args``' options select, from the store they name."""
+    mlflow.set_tracking_uri(tracking_uri(args.tracking_uri, Path.cwd()))
+    if mlflow.get_experiment_by_name(args.experiment) is None:
+        raise ReportError(f"experiment {args.experiment!r} does not exist at "
+                          f"{mlflow.get_tracking_uri()}")
+    sweep_ids = None if args.all_runs else args.sweep_id or [latest_sweep_id(args.experiment)]
+    sweep_id = " + ".join(sweep_ids) if sweep_ids else None
+    description = f"sweep {sweep_id}" if sweep_id else f"experiment {args.experiment}"
+    return Selection(load_runs(args.experiment, sweep_ids), description, sweep_id)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mnist_bench.report",
+        description="Rebuild the report's Tables 1-4 and figures from tracked MLflow runs, "
+                    "beside the published numbers. Default selection: the latest sweep.")
+    add_selection_args(parser)
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: reports/<sweep id or experiment>)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
@@ -397,25 +422,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    mlflow.set_tracking_uri(tracking_uri(args.tracking_uri, Path.cwd()))
     try:
-        if mlflow.get_experiment_by_name(args.experiment) is None:
-            raise ReportError(f"experiment {args.experiment!r} does not exist at "
-                              f"{mlflow.get_tracking_uri()}")
-        sweep_ids = None if args.all_runs else args.sweep_id or [latest_sweep_id(args.experiment)]
-        sweep_id = " + ".join(sweep_ids) if sweep_ids else None
-        selection = f"sweep {sweep_id}" if sweep_id else f"experiment {args.experiment}"
-        runs = load_runs(args.experiment, sweep_ids)
-        out = args.out or Path("reports") / (sweep_id or args.experiment).replace(
+        chosen = select_runs(args)
+        out = args.out or Path("reports") / (chosen.sweep_id or args.experiment).replace(
             "/", "_").replace(" + ", "+")
-        index = build_report(runs, out, selection)
+        index = build_report(chosen.runs, out, chosen.description)
     except ReportError as err:
         print(f"mnist_bench.report: {err}", file=sys.stderr)
         return 2
-    run_id = "" if args.no_log else log_report(out, args.experiment, selection, sweep_id)
-    failed = (runs["outcome"] != "ok").sum()
-    print(f"report for {selection}: {len(runs)} runs ({failed} failed or diverged) -> {index}"
-          + (f" (MLflow run {run_id})" if run_id else ""))
+    run_id = "" if args.no_log else log_report(out, args.experiment, chosen.description,
+                                               chosen.sweep_id)
+    failed = (chosen.runs["outcome"] != "ok").sum()
+    print(f"report for {chosen.description}: {len(chosen.runs)} runs ({failed} failed or "
+          f"diverged) -> {index}" + (f" (MLflow run {run_id})" if run_id else ""))
     return 0
 
 
