@@ -71,7 +71,17 @@ def outcome_counts(children: list[Run]) -> dict[str, int]:
 
 def end_parent(parent: ParentRun) -> None:
     """Record the jobs' outcomes and the sweep's report, and end the parent; does nothing if it
-    has ended already (both Hydra's end-of-sweep callback and the exit handler call this)."""
+    has ended already (both Hydra's end-of-sweep callback and the exit handler call this).
+    A store that fails now is one logged line: the jobs' own runs have ended already."""
+    try:
+        _end_parent(parent)
+    except Exception as err:
+        log.error("sweep %s: its parent run %s could not be ended (%s); `python -m "
+                  "mnist_bench.runs --close` ends it", parent.sweep_id, parent.run_id,
+                  " ".join(str(err).split())[:300])
+
+
+def _end_parent(parent: ParentRun) -> None:
     client = MlflowClient(parent.uri)
     if client.get_run(parent.run_id).info.status != "RUNNING":
         return
