@@ -72,7 +72,10 @@ def _as_db_user(server: TeamServer, command: list[str], what: str) -> None:
                        user=server.db_user, cwd="/")
     except subprocess.CalledProcessError as err:
         detail = " ".join((err.stderr or err.stdout or "").split())[:300]
-        raise ServerError(f"{what} failed: {detail}") from None
+        hint = (f" (PostgreSQL runs as user {server.db_user}, who must be able to reach "
+                f"{server.folder}: choose a folder under /tmp, or --db-user)"
+                if server.db_user and "ermission denied" in detail else "")
+        raise ServerError(f"{what} failed: {detail}{hint}") from None
 
 
 def start_database(server: TeamServer) -> None:
