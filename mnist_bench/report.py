@@ -287,6 +287,17 @@ def write_table(table: pd.DataFrame, out: Path, name: str) -> str:
     return text
 
 
+def section_title(runs: pd.DataFrame, model: str) -> str:
+    """``LeNet-5: learning rates (report Table 2)``; for an epoch variant, e.g.
+    ``LeNet-5, 25 epochs: learning rates``, which the report has no table of."""
+    rows = runs[runs["model"] == model]
+    base = rows.get("base_model", rows["model"]).iloc[0]
+    title, number = MODELS.get(base, (base, None))
+    if model != base:
+        return f"{title}, {rows['epochs'].iloc[0]} epochs: learning rates"
+    return f"{title}: learning rates" + (f" (report Table {number})" if number else "")
+
+
 def slug(model: str) -> str:
     """A file name part: ``lenet (25 epochs)`` becomes ``lenet_25_epochs``."""
     return re.sub(r"[^A-Za-z0-9]+", "_", model).strip("_")
@@ -350,9 +361,8 @@ def build_report(runs: pd.DataFrame, out: Path, selection: str) -> Path:
                    "percent, differences in percentage points.")
                 + " The CSV files hold the raw columns.\n"]
     for model in runs["model"].unique():
-        title, number = MODELS.get(model, (model, "?"))
         text = write_table(lr_table(runs, model, paper), out, f"table_{slug(model)}")
-        sections.append(f"## {title}: learning rates (report Table {number})\n\n{text}\n")
+        sections.append(f"## {section_title(runs, model)}\n\n{text}\n")
     table4 = best_table(runs, paper)
     text = write_table(table4, out, "table4_best")
     sections.append("## Best learning rate per model (report Table 4)\n\nChosen by final "

@@ -237,8 +237,10 @@ def ui_sweep(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         log.info("sweep done after %.1f s", time.monotonic() - t0)
         experiment = client.get_experiment_by_name("mnist_bench")
         assert experiment is not None, "the sweep created no 'mnist_bench' experiment"
-        runs = client.search_runs([experiment.experiment_id])
-        assert len(runs) == len(LRS), f"expected {len(LRS)} runs, found {len(runs)}"
+        runs = client.search_runs([experiment.experiment_id])  # the jobs and their parent
+        jobs = [run for run in runs if run.data.tags.get("run_type") != "sweep"]
+        assert len(jobs) == len(LRS), f"expected {len(LRS)} jobs, found {len(jobs)}"
+        assert len(runs) == len(LRS) + 1, "expected the sweep's parent run beside its jobs"
         sweep_ids = {run.data.tags.get("sweep_id") for run in runs}
         assert len(sweep_ids) == 1 and None not in sweep_ids, f"sweep ids: {sweep_ids}"
         (sweep_id,) = sweep_ids
@@ -305,9 +307,16 @@ def _save_screenshot(page: Page, tmp_path: Path) -> Path:
     return shot
 
 
+def _expand_sweep(page: Page, ui: UiSweep) -> None:
+    """The sweep is one row, its parent run; its button shows the jobs' runs nested below."""
+    parent = page.get_by_role("gridcell", name=f"sweep {ui.sweep_id}")  # after its colour
+    parent.get_by_role("button").first.click()
+
+
 def test_runs_page_lists_the_sweep_and_filters_by_sweep_tag(
         page: Page, ui_sweep: UiSweep, tmp_path: Path) -> None:
     page.goto(_runs_url(ui_sweep))
+    _expand_sweep(page, ui_sweep)
     # Every run of the experiment, the decoy included, as the client counts them.
     _expect_run_count(page, ui_sweep.all_run_count)
     for name in [*ui_sweep.sweep_run_names, DECOY_RUN_NAME]:
@@ -333,6 +342,7 @@ def test_filtered_link_compare_and_charts(page: Page, ui_sweep: UiSweep) -> None
     page.goto(_runs_url(ui_sweep, searchFilter=_sweep_filter(ui_sweep)))
     _expect_run_count(page, n)
     expect(page.get_by_text(DECOY_RUN_NAME, exact=True)).to_have_count(0)
+    _expand_sweep(page, ui_sweep)
 
     # Select all listed runs, press Compare: the comparison page of exactly these runs.
     page.get_by_label("Select all runs").click(force=True)  # ag-grid hides the input itself
