@@ -36,6 +36,7 @@ def parent_run(client: MlflowClient):
     return parent
 
 
+@pytest.mark.slow
 def test_the_sweep_is_one_parent_run_holding_its_jobs_and_report(sweep):
     _, client, _ = sweep
     parent, children = parent_run(client), training_runs(client)
@@ -52,6 +53,7 @@ def test_the_sweep_is_one_parent_run_holding_its_jobs_and_report(sweep):
         assert child.info.run_name.startswith(f"{child.data.tags['model']} lr={lr:g} seed=42 ")
 
 
+@pytest.mark.slow
 def test_sweep_jobs_share_one_sweep_id_and_output_folders(sweep):
     cwd, client, _ = sweep
     runs = training_runs(client)
@@ -63,6 +65,7 @@ def test_sweep_jobs_share_one_sweep_id_and_output_folders(sweep):
     assert job_dirs == ["0", "1", "2", "3"]
 
 
+@pytest.mark.slow
 def test_tables_hold_one_row_per_model_and_lr(sweep):
     cwd, _, _ = sweep
     for model in ("mlp", "lenet"):
@@ -77,6 +80,7 @@ def test_tables_hold_one_row_per_model_and_lr(sweep):
         assert (cwd / "report" / f"table_{model}.md").read_text().count("\n| ") == 2
 
 
+@pytest.mark.slow
 def test_table4_picks_the_best_learning_rate(sweep):
     cwd, client, _ = sweep
     val_acc: dict[str, dict[float, float]] = {}
@@ -92,6 +96,7 @@ def test_table4_picks_the_best_learning_rate(sweep):
         assert float(rows[model]["train_time_s"]) > 0
 
 
+@pytest.mark.slow
 def test_figures_are_valid_pngs_embedded_in_the_index(sweep):
     cwd, _, _ = sweep
     index = (cwd / "report" / "index.md").read_text()
@@ -105,6 +110,7 @@ def test_figures_are_valid_pngs_embedded_in_the_index(sweep):
             assert image.format == "PNG" and image.size[0] > 300
 
 
+@pytest.mark.slow
 def test_report_is_logged_as_a_tagged_run(sweep):
     _, client, proc = sweep
     run_id = re.search(r"MLflow run (\w+)", proc.stdout).group(1)
@@ -119,6 +125,7 @@ def test_report_without_runs_is_a_clear_error(tmp_path, capsys):
     assert "experiment 'mnist_bench' does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_of_an_unknown_sweep_is_a_clear_error(sweep, tmp_path, capsys):
     cwd, _, _ = sweep
     assert report.main(["--tracking-uri", sqlite_uri(cwd), "--sweep-id", "nope",
