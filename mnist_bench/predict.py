@@ -117,6 +117,11 @@ def predict(cfg: DictConfig) -> int:
 
     from mnist_bench.tracking import tracking_uri
 
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{' and '.join(missing)} must be given, e.g. python -m "
+                        "mnist_bench.predict model_uri=models:/mnist-lenet@champion "
+                        "inputs='my_digits/*.png'")
     if cfg.batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size}: must be an integer >= 1")
     files = image_files(cfg.inputs)

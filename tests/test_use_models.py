@@ -314,3 +314,9 @@ def test_served_model_answers_with_the_probabilities_of_predict(trained, tmp_pat
     sent = np.asarray(json.loads((tmp_path / "request.json").read_text())["inputs"], np.float32)
     local = mlflow.pyfunc.load_model("models:/mnist-served@champion").predict(sent)
     np.testing.assert_allclose(served, local, atol=1e-6)  # the pyfunc, in this process
+
+
+def test_predict_without_its_two_values_says_what_to_give(tmp_path):
+    proc = run_cli([], cwd=tmp_path, module="mnist_bench.predict")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "inputs and model_uri must be given, e.g. python -m mnist_bench.predict" in proc.stderr
