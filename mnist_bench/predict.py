@@ -115,7 +115,7 @@ def predict(cfg: DictConfig) -> int:
     """Print the table of predictions; returns the number of files that could not be read."""
     import mlflow
 
-    from mnist_bench.tracking import tracking_uri
+    from mnist_bench.tracking import existing_store, tracking_uri
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -127,7 +127,10 @@ def predict(cfg: DictConfig) -> int:
     files = image_files(cfg.inputs)
     if not files:
         raise UserError(f"inputs={cfg.inputs!r}: no such file, and no image file matches")
-    mlflow.set_tracking_uri(tracking_uri(cfg.tracking.uri, HydraConfig.get().runtime.cwd))
+    store = tracking_uri(cfg.tracking.uri, HydraConfig.get().runtime.cwd)
+    if cfg.model_uri.startswith(("models:/", "runs:/")):  # a model folder needs no store
+        store = existing_store(store)
+    mlflow.set_tracking_uri(store)
     model = load_model(cfg.model_uri)
     steps = Preparation(**OmegaConf.to_container(cfg.prepare, enum_to_str=True))
     kept, images, n_bad = prepared_images(files, steps)

@@ -21,7 +21,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from mnist_bench import plots, seed_stats
-from mnist_bench.tracking import open_store, tracking_uri
+from mnist_bench.cli import UserError
+from mnist_bench.tracking import existing_store, open_store, tracking_uri
 
 MODELS = {  # model name -> (title, table number of the report it reproduces)
     "mlp": ("MLP", 1),
@@ -408,7 +409,10 @@ class Selection:
 
 def select_runs(args: argparse.Namespace) -> Selection:
     """The runs that ``add_selection_args``' options select, from the store they name."""
-    mlflow.set_tracking_uri(tracking_uri(args.tracking_uri, Path.cwd()))
+    try:
+        mlflow.set_tracking_uri(existing_store(tracking_uri(args.tracking_uri, Path.cwd())))
+    except UserError as err:
+        raise ReportError(str(err)) from None
     if mlflow.get_experiment_by_name(args.experiment) is None:
         raise ReportError(f"experiment {args.experiment!r} does not exist at "
                           f"{mlflow.get_tracking_uri()}")

@@ -20,7 +20,8 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Run
 
-from mnist_bench.tracking import tracking_uri
+from mnist_bench.cli import UserError
+from mnist_bench.tracking import existing_store, tracking_uri
 
 ALIVE, GONE, ELSEWHERE = "alive", "gone", "other host"
 
@@ -86,7 +87,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    mlflow.set_tracking_uri(tracking_uri(args.tracking_uri, Path.cwd()))
+    try:
+        mlflow.set_tracking_uri(existing_store(tracking_uri(args.tracking_uri, Path.cwd())))
+    except UserError as err:
+        print(f"mnist_bench.runs: {err}", file=sys.stderr)
+        return 2
     runs = [(run, writer_state(run)) for run in running_runs(args.experiment)]
     for run, state in runs:
         tags = run.data.tags

@@ -55,6 +55,15 @@ def tracking_uri(configured: str | None, launch_dir: str | Path) -> str:
     return from_env or f"sqlite:///{Path(launch_dir).resolve() / 'mlflow.db'}"
 
 
+def existing_store(uri: str) -> str:
+    """``uri``, for a command that only reads runs: a SQLite store that does not exist is
+    refused in one line (MLflow would create an empty one and then find nothing)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no MLflow store at {uri}: run this in the folder you trained in, or "
+                        "give the store's URI")
+    return uri
+
+
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """An exclusive lock, across the processes of this machine, on a SQLite store: a file beside

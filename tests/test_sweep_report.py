@@ -4,6 +4,7 @@ import csv
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import SMALL_SWEEP, compose_job, run_cli, run_in_process, sqlite_uri
-from mnist_bench import checkpoint, report
+from mnist_bench import checkpoint, register, report, runs
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -120,7 +121,18 @@ def test_report_is_logged_as_a_tagged_run(sweep):
     assert {"report/index.md", "report/table4_best.csv", "report/table_mlp.md"} <= files
 
 
-def test_report_without_runs_is_a_clear_error(tmp_path, capsys):
+@pytest.mark.parametrize("command", [report.main, register.main, runs.main],
+                         ids=["report", "register", "runs"])
+def test_a_reading_command_without_a_store_says_so_and_creates_none(tmp_path, capsys,
+                                                                     command):
+    assert command(["--tracking-uri", sqlite_uri(tmp_path)]) == 2
+    assert f"no MLflow store at {sqlite_uri(tmp_path)}: run this in the folder" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()  # MLflow would have created an empty one
+
+
+def test_report_without_runs_is_a_clear_error(tmp_path, store_template, capsys):
+    shutil.copy(store_template, tmp_path / "mlflow.db")  # a store, but no experiment
     assert report.main(["--tracking-uri", sqlite_uri(tmp_path)]) == 2
     assert "experiment 'mnist_bench' does not exist" in capsys.readouterr().err
 
