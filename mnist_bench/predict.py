@@ -58,22 +58,44 @@ class PredictConfig:
 ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
 
 
-def load_model(model_uri: str):
-    """The model as MLflow's pyfunc, once its metadata says it returns probabilities."""
+def _reason(err: Exception) -> str:
+    return (str(getattr(err, "message", err)).strip().splitlines() or [repr(err)])[0][:300]
+
+
+def check_model(model_uri: str) -> None:
+    """Refuse, from its ``MLmodel`` file alone, any model but an mnist_bench PyTorch model: a
+    model's ``python_function`` flavour may name its own loader module and ship its code, which
+    MLflow would import, running it. (A pickled PyTorch model is refused by MLflow itself, as
+    ``cli.py`` turns pickle loading off; ours are exported, pt2.)"""
     import mlflow
 
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except Exception as err:  # MLflow raises its own, OSError, or torch's errors
-        reason = (str(getattr(err, "message", err)).strip().splitlines() or [repr(err)])[0]
+        info = mlflow.models.get_model_info(model_uri)
+    except Exception as err:  # MLflow raises its own, OSError ...
         raise UserError(f"model_uri={model_uri!r}: cannot be loaded from "
-                        f"{mlflow.get_tracking_uri()} ({reason[:300]})") from None
-    contract = model.metadata.metadata or {}
-    if "mnist_bench_output" not in contract:
+                        f"{mlflow.get_tracking_uri()} ({_reason(err)})") from None
+    pyfunc, pytorch = (info.flavors.get(f) for f in ("python_function", "pytorch"))
+    if (not pyfunc or not pytorch or pyfunc.get("loader_module") != "mlflow.pytorch"
+            or pyfunc.get("code") or pytorch.get("code")):
+        raise UserError(f"model_uri={model_uri!r}: refused: not a PyTorch model loaded by "
+                        "mlflow.pytorch without code of its own (its MLmodel names another "
+                        "loader or ships code, which loading would run)")
+    if "mnist_bench_output" not in (info.metadata or {}):
         raise UserError(f"model_uri={model_uri!r}: not an mnist_bench digit model that returns "
                         "probabilities (models logged before that returned raw scores; train "
                         "it again)")
-    return model
+
+
+def load_model(model_uri: str):
+    """The model as MLflow's pyfunc, once :func:`check_model` has accepted it."""
+    import mlflow
+
+    check_model(model_uri)
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except Exception as err:  # MLflow raises its own, OSError, or torch's errors
+        raise UserError(f"model_uri={model_uri!r}: cannot be loaded from "
+                        f"{mlflow.get_tracking_uri()} ({_reason(err)})") from None
 
 
 def prepared_images(files: list[Path], steps: Preparation) -> tuple[list[Path], np.ndarray, int]:

@@ -320,3 +320,24 @@ def test_predict_without_its_two_values_says_what_to_give(tmp_path):
     proc = run_cli([], cwd=tmp_path, module="mnist_bench.predict")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "inputs and model_uri must be given, e.g. python -m mnist_bench.predict" in proc.stderr
+
+
+def test_a_model_that_ships_its_own_loader_code_is_refused_unrun(trained, tmp_path):
+    """An MLmodel whose python_function flavour names a loader module in its own code folder:
+    MLflow would import it, running it. The trap is checked to be real, then refused."""
+    folder, _, _ = trained
+    model = tmp_path / "model"
+    (model / "code").mkdir(parents=True)
+    marker = tmp_path / "code_ran"
+    (model / "code" / "trapmod.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (model / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    loader_module: trapmod\n    code: code\n"
+        "    python_version: 3.11.7\nmetadata:\n  mnist_bench_output: probabilities\n")
+    save_png(np.eye(28, dtype=np.float32), tmp_path / "one.png")
+    with pytest.raises(UserError, match="refused: not a PyTorch model loaded by mlflow.pytorch"):
+        predict_in_process([f"model_uri={model}", f"inputs={tmp_path / 'one.png'}",
+                            f"tracking.uri={sqlite_uri(folder)}"], folder)
+    assert not marker.exists()
+    with contextlib.suppress(Exception):
+        mlflow.pyfunc.load_model(str(model))  # what predict would have done before
+    assert marker.exists()  # the trap is real
