@@ -10,11 +10,20 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import signal
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from mnist_bench.cli import CONF_DIR, ReportedError, UserError, exit_interrupted, fail_job
+from mnist_bench.cli import (
+    CONF_DIR,
+    ReportedError,
+    UserError,
+    exit_interrupted,
+    fail_job,
+    raise_keyboard_interrupt,
+)
 from mnist_bench.config import config_problems, register_configs
 
 log = logging.getLogger("mnist_bench")
@@ -52,4 +61,10 @@ if __name__ == "__main__":
     # pickles the job by reference to that module, and cannot pickle functions of __main__.
     from mnist_bench.__main__ import main as importable_main
 
-    importable_main()
+    # Also before any job runs (a sweep's parent run exists from the start): SIGTERM as Ctrl-C.
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        importable_main()
+    except KeyboardInterrupt:  # outside any job, e.g. while Hydra starts a sweep
+        print("[mnist_bench][ERROR] - interrupted", file=sys.stderr)
+        exit_interrupted()

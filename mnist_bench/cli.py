@@ -49,9 +49,28 @@ def fail_job(err: Exception) -> NoReturn:
     sys.exit(1)
 
 
+_interrupted = False
+
+
+def raise_keyboard_interrupt(signum: int, _frame: object) -> None:
+    """SIGTERM is treated like Ctrl-C, so that what runs ends KILLED, not RUNNING.
+
+    Further SIGTERMs are ignored so that they cannot cut that cleanup short.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"received signal {signum}")
+
+
 def exit_interrupted() -> NoReturn:
     """Exit 130 after Ctrl-C or SIGTERM. A second Ctrl-C, pressed while the interpreter shuts
     down, would print a traceback from its threads: from here on both signals are ignored."""
+    global _interrupted
+    _interrupted = True
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     sys.exit(130)
+
+
+def interrupted() -> bool:
+    """Whether this process is exiting after Ctrl-C or SIGTERM (its exit handlers ask)."""
+    return _interrupted

@@ -317,6 +317,9 @@ def _range_checks(cfg: DictConfig) -> list[tuple[str, Any, bool, str]]:
         ("device.num_threads", device.num_threads,
          device.num_threads is None or device.num_threads >= 1,
          "null (all cores) or an integer >= 1"),
+        ("tracking.sweep_id", cfg.tracking.sweep_id,  # it goes into MLflow search filters
+         cfg.tracking.sweep_id is None or "'" not in cfg.tracking.sweep_id,
+         "null or a name without a quote (')"),
     ]
 
 

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnist_bench import checkpoint, runs, sweep_runs, tracking
-from mnist_bench.cli import UserError
+from mnist_bench.cli import UserError, raise_keyboard_interrupt
 from mnist_bench.config import build
 from mnist_bench.data import DataError, build_splits, unit_pixels
 from mnist_bench.train import (
@@ -34,15 +34,6 @@ from mnist_bench.train import (
 )
 
 log = logging.getLogger("mnist_bench")
-
-
-def raise_keyboard_interrupt(signum: int, _frame: Any) -> None:
-    """SIGTERM is treated like Ctrl-C so that the MLflow run ends KILLED, not RUNNING.
-
-    Further SIGTERMs are ignored so that they cannot cut that cleanup short.
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(f"received signal {signum}")
 
 
 def find_checkpoint(resume: str) -> Path:

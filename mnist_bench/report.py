@@ -58,8 +58,11 @@ def published() -> pd.DataFrame:
 
 
 def latest_sweep_id(experiment: str) -> str:
+    """The sweep of the newest training run (a sweep's parent run may hold no job's)."""
     runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.sweep_id != ''",
-                              order_by=["start_time DESC"], max_results=1)
+                              order_by=["start_time DESC"], max_results=200)
+    if not runs.empty and "tags.run_type" in runs:
+        runs = runs[~runs["tags.run_type"].isin(NOT_TRAINING)]
     if runs.empty:
         raise ReportError(f"no sweep found in experiment {experiment!r}: run one with "
                           "`python -m mnist_bench --multirun ...` or pass --experiment/--sweep-id")
@@ -416,7 +419,10 @@ def select_runs(args: argparse.Namespace) -> Selection:
     if mlflow.get_experiment_by_name(args.experiment) is None:
         raise ReportError(f"experiment {args.experiment!r} does not exist at "
                           f"{mlflow.get_tracking_uri()}")
+    if any("'" in sweep_id for sweep_id in args.sweep_id or []):
+        raise ReportError("--sweep-id: sweep ids hold no quote ('); check the value")
     sweep_ids = None if args.all_runs else args.sweep_id or [latest_sweep_id(args.experiment)]
+    sweep_ids = list(dict.fromkeys(sweep_ids)) if sweep_ids else None  # each sweep once
     sweep_id = " + ".join(sweep_ids) if sweep_ids else None
     description = f"sweep {sweep_id}" if sweep_id else f"experiment {args.experiment}"
     return Selection(load_runs(args.experiment, sweep_ids), description, sweep_id)

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from mnist_bench import runs, tracking
+from mnist_bench.cli import interrupted
 
 log = logging.getLogger(__name__)
 SWEEP = "sweep"
@@ -92,9 +93,12 @@ def _end_parent(parent: ParentRun) -> None:
         client.log_metric(parent.run_id, key, value)
     if counts["finished"]:
         _log_report(client, parent)
-    status = ("KILLED" if counts["killed"] or counts["running"] else
+    status = ("KILLED" if counts["killed"] or counts["running"] or interrupted() else
               "FAILED" if counts["failed"] or not counts["jobs"] else "FINISHED")
     client.set_terminated(parent.run_id, status)
+    if not counts["jobs"] and not interrupted():  # refused before any job ran: nothing to hold
+        client.delete_run(parent.run_id)
+        return
     log.info("sweep %s: %d jobs, %d finished, %d failed (%d diverged), %d killed; parent run %s "
              "ended %s", parent.sweep_id, counts["jobs"], counts["finished"], counts["failed"],
              counts["diverged"], counts["killed"], parent.run_id, status)

@@ -866,3 +866,31 @@ def test_a_sweep_whose_store_cannot_be_used_is_one_line_before_any_job(tmp_path)
     assert proc.returncode == 1 and "Traceback" not in output_of(proc), output_of(proc)
     assert re.search(r"the folder .*nope does not exist", proc.stderr)
     assert "Launching 2 jobs" not in output_of(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_as_a_sweep_starts_ends_its_parent_run_killed_in_one_line(tmp_path, store,
+                                                                            data_root, sig):
+    """Before any job runs, the sweep's parent run exists already; it must not stay RUNNING."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_bench", "--multirun", *FAST,
+                             "optimizer.lr=0.001,0.002", "trainer.epochs=30",
+                             f"data.root={data_root}", f"tracking.uri={store}"], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not [r for r in all_runs(store) if r.data.tags.get("run_type") == "sweep"]:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == INTERRUPTED and "Traceback" not in stderr, stderr
+    assert {r.info.status for r in all_runs(store)} == {"KILLED"}
+
+
+def test_a_sweep_refused_before_any_job_leaves_no_parent_run(tmp_path, store):
+    proc = run_cli(["--multirun", *FAST, "trainer.epochs=1,abc", f"tracking.uri={store}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 1 and "trainer.epochs" in proc.stderr
+    assert all_runs(store) == []  # the parent made for it is deleted: it held nothing
