@@ -62,6 +62,8 @@ def _read_picture(path: Path) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageError("not an image (PNG, JPEG, BMP, GIF, TIFF, WebP) nor a .npy "
                          "array") from None
+    except Image.DecompressionBombError as err:  # Pillow's own limit, before ours
+        raise ImageError(f"too large ({err})") from None
     with image:
         width, height = image.size
         if width * height > MAX_PIXELS:
@@ -75,6 +77,9 @@ def _read_picture(path: Path) -> np.ndarray:
             alpha = np.asarray(image.convert("RGBA"))[..., 3]
             if alpha.min() < alpha.max():  # a digit drawn on a transparent sheet: the ink
                 return alpha.astype(np.float32) / 255
+        if image.mode in ("I", "I;16", "I;16B", "F"):  # 16- and 32-bit greyscale scans
+            wide = np.asarray(image, dtype=np.float32)
+            return wide / wide.max() if wide.max() > 0 else wide
         return np.asarray(image.convert("L"), dtype=np.float32) / 255
 
 
@@ -84,6 +89,8 @@ def _read_array(path: Path) -> np.ndarray:
     except ValueError as err:
         raise ImageError(f"not a plain .npy array ({err})") from None
     array = np.squeeze(array)
+    if array.size == 0:
+        raise ImageError("empty image (0 pixels)")
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
         raise ImageError(f"a .npy image must be one 2-D array of numbers (H, W); this one is "
                          f"{array.dtype} of shape {array.shape}")

@@ -146,6 +146,10 @@ def predict(cfg: DictConfig) -> int:
                         "inputs='my_digits/*.png'")
     if cfg.batch_size < 1:
         raise UserError(f"batch_size={cfg.batch_size}: must be an integer >= 1")
+    for key in ("output", "request"):  # before the work, not after it
+        target = cfg[key] and Path(cfg[key])
+        if target and (target.is_dir() or not target.parent.is_dir()):
+            raise UserError(f"{key}={cfg[key]!r}: not a file in an existing folder")
     files = image_files(cfg.inputs)
     if not files:
         raise UserError(f"inputs={cfg.inputs!r}: no such file, and no image file matches")

@@ -102,6 +102,7 @@ BAD_FILES = {
     "damaged": (lambda p: p.write_bytes(save_png(np.random.default_rng(0).random(
         (200, 200), np.float32), p).read_bytes()[:5000]), "damaged image"),
     "missing": (lambda p: p.symlink_to(p.parent / "gone.png"), "cannot be read (No such file"),
+    "bomb": (lambda p: Image.new("1", (20000, 20000)).save(p), "too large (Image size"),
 }
 
 
@@ -118,6 +119,7 @@ def test_a_bad_picture_is_one_line(tmp_path, make, message):
     (np.zeros((2, 28, 28)), "one 2-D array of numbers"),
     (np.array([{"a": 1}], dtype=object), "not a plain .npy array"),  # would need unpickling
     (np.full((28, 28), np.nan), "NaN or infinite"),
+    (np.zeros((0, 5)), "empty image"),
 ])
 def test_a_bad_array_is_one_line(tmp_path, array, message):
     np.save(tmp_path / "digit.npy", array, allow_pickle=True)
@@ -341,3 +343,19 @@ def test_a_model_that_ships_its_own_loader_code_is_refused_unrun(trained, tmp_pa
     with contextlib.suppress(Exception):
         mlflow.pyfunc.load_model(str(model))  # what predict would have done before
     assert marker.exists()  # the trap is real
+
+
+def test_a_16_bit_scan_is_read_over_its_own_range(mnist_test, tmp_path):
+    """Dark ink at 5,000 on paper at 50,000 of 65,535: not blank after 8-bit clipping."""
+    original = mnist_test[0][0].astype(np.float32) / 255
+    photo = as_photo(mnist_test[0][0], 2, (10, 10), dark_on_light=True)
+    Image.fromarray((5000 + photo * 45000).astype(np.uint16)).save(tmp_path / "scan.png")
+    assert similarity(prepare(read_image(tmp_path / "scan.png")), original) > 0.9
+
+
+def test_predict_refuses_an_output_it_could_not_write_before_any_work(trained, tmp_path):
+    folder, model_uri, _ = trained
+    with pytest.raises(UserError, match=r"output='/nonexistent/x.csv': not a file in an existing"):
+        predict_in_process([f"model_uri={model_uri}", f"inputs={tmp_path}",
+                            "output=/nonexistent/x.csv", f"tracking.uri={sqlite_uri(folder)}"],
+                           folder)
