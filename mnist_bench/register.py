@@ -26,6 +26,9 @@ NOT_THE_CELL = re.compile(r"(^| )(trainer\.seed|device[.=]\S*|tracking\.\S+|data
                           r"data\.num_workers)=?\S*")
 
 
+ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
 @dataclass
 class Candidate:
     """The best run of a network's best cell."""
@@ -122,6 +125,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not ALIAS.fullmatch(args.alias) or re.fullmatch(r"v\d+|latest", args.alias, re.I):
+        print(f"mnist_bench.register: --alias {args.alias!r}: letters, digits, _ and -, not "
+              "starting with a digit or -, and not 'latest' or v<number> (MLflow reserves them)",
+              file=sys.stderr)
+        return 2
     try:
         chosen = select_runs(args)
         candidates, missing = best_candidates(chosen.runs)

@@ -17,6 +17,7 @@ import glob
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,6 +88,9 @@ def start_database(server: TeamServer) -> None:
         # trust on loopback only: local development; a lab sets passwords (docs/scaling_out.md)
         _as_db_user(server, [pg_tool("initdb"), "-D", str(server.pgdata), "-U", DB_ROLE,
                              "--auth=trust", "-E", "UTF8"], "initdb")
+    if not _port_free(server.db_port):
+        raise ServerError(f"port {server.db_port} is in use on 127.0.0.1 (another database?); "
+                          "choose another with --db-port")
     options = (f"-c listen_addresses=127.0.0.1 -p {server.db_port} "
                f"-c unix_socket_directories={server.pgdata}")
     _as_db_user(server, [pg_tool("pg_ctl"), "-D", str(server.pgdata), "-l",
@@ -110,9 +114,33 @@ def _create_database(server: TeamServer) -> None:
         connection.close()
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _own_server_pid(server: TeamServer) -> int | None:
+    """The PID in ``<dir>/mlflow_server.pid`` if that process is still this folder's
+    ``mlflow server`` (a PID file outlives its process, and PIDs are reused)."""
+    try:
+        pid = int(server.pid_file.read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if b"server" in command and str(server.folder).encode() in b" ".join(command) \
+        else None
+
+
 def start_mlflow(server: TeamServer) -> subprocess.Popen:
     """``mlflow server`` on 127.0.0.1 in its own session, logging to ``<dir>/mlflow_server.log``;
     returns once it answers ``/health``."""
+    if not _port_free(server.port):
+        raise ServerError(f"port {server.port} is in use on 127.0.0.1 (another server?); "
+                          "choose another with --port")
     artifacts = server.folder / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
@@ -150,8 +178,8 @@ def start(server: TeamServer) -> None:
 
 def stop(server: TeamServer) -> None:
     """Stop the MLflow server (its whole process group) and PostgreSQL; quiet if not running."""
-    if server.pid_file.exists():
-        pid = int(server.pid_file.read_text())
+    pid = _own_server_pid(server)
+    if pid is not None:
         try:
             os.killpg(pid, signal.SIGTERM)
             for _ in range(100):
@@ -160,7 +188,7 @@ def stop(server: TeamServer) -> None:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        server.pid_file.unlink()
+    server.pid_file.unlink(missing_ok=True)
     if (server.pgdata / "postmaster.pid").exists():
         _as_db_user(server, [pg_tool("pg_ctl"), "-D", str(server.pgdata), "-m", "fast", "-w",
                              "stop"], "stopping PostgreSQL")

@@ -92,7 +92,8 @@ def open_store(uri: str, experiment: str) -> None:
     """
     _check_server_answers(uri)
     mlflow.set_tracking_uri(uri)
-    with _store_lock(uri):
+    # held: an interrupt while MLflow creates a new store's tables leaves them half made
+    with _store_lock(uri), signals_held():
         try:
             _set_experiment(experiment)
         except Exception as err:  # MlflowException, SQLAlchemy's errors, OSError ...

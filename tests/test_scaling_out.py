@@ -8,6 +8,7 @@ import os
 import pwd
 import shutil
 import socket
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -161,3 +162,16 @@ def test_a_team_server_on_postgresql_takes_a_parallel_sweep(team_server, tmp_pat
     assert tsne.returncode == 0, tsne.stderr[-2000:]
     assert client.search_runs([client.get_experiment_by_name("mnist_bench_tsne").experiment_id])
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_stop_leaves_a_process_that_is_not_its_server_alone(tmp_path):
+    """A PID file outlives its server and PIDs are reused: stop kills only its own server."""
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        server = TeamServer(tmp_path)
+        server.pid_file.write_text(str(bystander.pid))
+        stop(server)
+        assert bystander.poll() is None and not server.pid_file.exists()
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -359,3 +359,11 @@ def test_predict_refuses_an_output_it_could_not_write_before_any_work(trained, t
         predict_in_process([f"model_uri={model_uri}", f"inputs={tmp_path}",
                             "output=/nonexistent/x.csv", f"tracking.uri={sqlite_uri(folder)}"],
                            folder)
+
+
+@pytest.mark.parametrize("alias", ["bad/alias", "x y", "", "v1", "latest", "9lives"])
+def test_register_refuses_an_alias_mlflow_would_refuse_before_registering(alias, tmp_path,
+                                                                        capsys):
+    assert register.main(["--tracking-uri", sqlite_uri(tmp_path), "--alias", alias]) == 2
+    assert f"--alias {alias!r}: letters, digits" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
