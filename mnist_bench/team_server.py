@@ -176,9 +176,11 @@ def start(server: TeamServer) -> None:
         raise
 
 
-def stop(server: TeamServer) -> None:
-    """Stop the MLflow server (its whole process group) and PostgreSQL; quiet if not running."""
+def stop(server: TeamServer) -> bool:
+    """Stop the MLflow server (its whole process group) and PostgreSQL; whether either was
+    running."""
     pid = _own_server_pid(server)
+    database = (server.pgdata / "postmaster.pid").exists()
     if pid is not None:
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -189,9 +191,16 @@ def stop(server: TeamServer) -> None:
         except ProcessLookupError:
             pass
     server.pid_file.unlink(missing_ok=True)
-    if (server.pgdata / "postmaster.pid").exists():
+    if database:
         _as_db_user(server, [pg_tool("pg_ctl"), "-D", str(server.pgdata), "-m", "fast", "-w",
                              "stop"], "stopping PostgreSQL")
+    return pid is not None or database
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return int(text)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -203,8 +212,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, default=Path("team_server"),
                         help="folder of the database, the artifacts and the logs "
                              "(default: ./team_server)")
-    parser.add_argument("--port", type=int, default=5000, help="MLflow server port")
-    parser.add_argument("--db-port", type=int, default=5432, help="PostgreSQL port")
+    parser.add_argument("--port", type=port, default=5000, help="MLflow server port")
+    parser.add_argument("--db-port", type=port, default=5432, help="PostgreSQL port")
     parser.add_argument("--db-user", default="nobody" if os.geteuid() == 0 else None,
                         help="system user that runs PostgreSQL (default: you; nobody for root)")
     return parser.parse_args(argv)
@@ -220,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{server.db_port}, artifacts in {server.folder / 'artifacts'}); use "
                   f"tracking.uri={server.tracking_uri}, stop with: python -m "
                   f"mnist_bench.team_server stop --dir {args.dir}")
-        else:
-            stop(server)
+        elif stop(server):
             print(f"stopped the team server in {server.folder}")
+        else:
+            print(f"no team server was running in {server.folder}")
     except (ServerError, OSError) as err:
         print(f"mnist_bench.team_server: {err}", file=sys.stderr)
         return 1
