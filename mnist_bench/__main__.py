@@ -11,7 +11,6 @@ import atexit
 import gc
 import logging
 import signal
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -22,6 +21,7 @@ from mnist_bench.cli import (
     UserError,
     exit_interrupted,
     fail_job,
+    print_error,
     raise_keyboard_interrupt,
 )
 from mnist_bench.config import config_problems, register_configs
@@ -66,5 +66,5 @@ if __name__ == "__main__":
     try:
         importable_main()
     except KeyboardInterrupt:  # outside any job, e.g. while Hydra starts a sweep
-        print("[mnist_bench][ERROR] - interrupted", file=sys.stderr)
+        print_error("interrupted")
         exit_interrupted()

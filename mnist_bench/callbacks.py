@@ -10,6 +10,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mnist_bench.cli import UserError, print_error
+
 
 def create_output_folder(folder: str) -> None:
     """Create the run's or sweep's folder, or exit 1 with one line saying why it cannot be.
@@ -19,10 +21,8 @@ def create_output_folder(folder: str) -> None:
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        # Hydra sets up the job's logging only after this; print as the job's log would
-        print(f"[mnist_bench][ERROR] - cannot create the output folder {folder} ({err}); launch "
-              "from a folder you can write to, or set hydra.run.dir / hydra.sweep.dir",
-              file=sys.stderr)
+        print_error(f"cannot create the output folder {folder} ({err}); launch from a folder "
+                    "you can write to, or set hydra.run.dir / hydra.sweep.dir")
         sys.exit(1)
 
 
@@ -40,12 +40,11 @@ class SweepParentRun(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mnist_bench import sweep_runs  # MLflow: imported for sweeps only
-        from mnist_bench.cli import UserError
 
         try:
             self.parent = sweep_runs.start_parent(config)
         except UserError as err:  # e.g. a tracking store that cannot be used: no job could run
-            print(f"[mnist_bench][ERROR] - {err}", file=sys.stderr)
+            print_error(str(err))
             sys.exit(1)
         atexit.register(sweep_runs.end_parent, self.parent)
 

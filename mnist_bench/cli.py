@@ -35,6 +35,18 @@ class ReportedError(RuntimeError):
     entry point; the entry point only sets the exit status."""
 
 
+def first_line(err: Exception, limit: int = 300) -> str:
+    """The first line of an error's message (MLflow's errors carry it in ``.message``)."""
+    text = str(getattr(err, "message", err)).strip()
+    return (text.splitlines() or [type(err).__name__])[0][:limit]
+
+
+def print_error(message: str) -> None:
+    """One error line on stderr, shaped like the job log's, for the moments before Hydra has
+    set the log up (its callbacks, the entry point)."""
+    print(f"[mnist_bench][ERROR] - {message}", file=sys.stderr)
+
+
 class JobFailed(CompactHydraException):
     """A failed job of a multirun, whose error has been logged. Hydra runs the other jobs, then
     reports the failure as this one line (a compact exception) and exits 1."""
@@ -43,8 +55,7 @@ class JobFailed(CompactHydraException):
 def fail_job(err: Exception) -> NoReturn:
     """Exit 1; in a multirun, raise instead so that the other jobs still run."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise JobFailed(f"a job of the sweep failed ({first_line}); its run and the others "
+        raise JobFailed(f"a job of the sweep failed ({first_line(err)}); its run and the others "
                         "are in MLflow") from None
     sys.exit(1)
 

@@ -50,7 +50,8 @@ def find_checkpoint(resume: str) -> Path:
     return Path(path)
 
 
-def load_resume_state(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
+def load_resume_state(cfg: DictConfig, held: contextlib.ExitStack,
+                      output_dir: Path) -> dict[str, Any]:
     """The checkpoint that ``cfg.resume`` names, once its run is known to resume with ``cfg``.
 
     Its folder is held (in ``held``) before the run's writer is checked: of two resumes started
@@ -58,7 +59,7 @@ def load_resume_state(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, 
     """
     path = find_checkpoint(cfg.resume)
     try:
-        if path.parent.resolve() != Path(HydraConfig.get().runtime.output_dir).resolve():
+        if path.parent.resolve() != output_dir.resolve():  # this job's folder: held already
             held.enter_context(checkpoint.folder_held(path.parent))
         state = checkpoint.load_checkpoint(path)
     except checkpoint.FolderHeld:
@@ -148,7 +149,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
 
     tracking.open_store(tracking.tracking_uri(cfg.tracking.uri, launch_dir),
                         cfg.tracking.experiment)
-    state = load_resume_state(cfg, held) if cfg.resume else None
+    state = load_resume_state(cfg, held, output_dir) if cfg.resume else None
 
     try:
         splits = build_splits(cfg.data, cfg.trainer.batch_size, cfg.trainer.eval_batch_size,

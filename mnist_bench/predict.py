@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mnist_bench.cli import CONF_DIR, UserError
+from mnist_bench.cli import CONF_DIR, UserError, first_line
 from mnist_bench.config import choice
 from mnist_bench.digits import FRAME, ImageError, Preparation, image_files, prepare, read_image
 
@@ -58,10 +58,6 @@ class PredictConfig:
 ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
 
 
-def _reason(err: Exception) -> str:
-    return (str(getattr(err, "message", err)).strip().splitlines() or [repr(err)])[0][:300]
-
-
 def check_model(model_uri: str) -> None:
     """Refuse, from its ``MLmodel`` file alone, any model but an mnist_bench PyTorch model: a
     model's ``python_function`` flavour may name its own loader module and ship its code, which
@@ -73,7 +69,7 @@ def check_model(model_uri: str) -> None:
         info = mlflow.models.get_model_info(model_uri)
     except Exception as err:  # MLflow raises its own, OSError ...
         raise UserError(f"model_uri={model_uri!r}: cannot be loaded from "
-                        f"{mlflow.get_tracking_uri()} ({_reason(err)})") from None
+                        f"{mlflow.get_tracking_uri()} ({first_line(err)})") from None
     pyfunc, pytorch = (info.flavors.get(f) for f in ("python_function", "pytorch"))
     if (not pyfunc or not pytorch or pyfunc.get("loader_module") != "mlflow.pytorch"
             or pyfunc.get("code") or pytorch.get("code")):
@@ -95,7 +91,7 @@ def load_model(model_uri: str):
         return mlflow.pyfunc.load_model(model_uri)
     except Exception as err:  # MLflow raises its own, OSError, or torch's errors
         raise UserError(f"model_uri={model_uri!r}: cannot be loaded from "
-                        f"{mlflow.get_tracking_uri()} ({_reason(err)})") from None
+                        f"{mlflow.get_tracking_uri()} ({first_line(err)})") from None
 
 
 def prepared_images(files: list[Path], steps: Preparation) -> tuple[list[Path], np.ndarray, int]:

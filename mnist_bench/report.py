@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_bench import plots, seed_stats
 from mnist_bench.cli import UserError
-from mnist_bench.tracking import existing_store, open_store, tracking_uri
+from mnist_bench.tracking import add_store_args, open_store, read_store
 
 MODELS = {  # model name -> (title, table number of the report it reproduces)
     "mlp": ("MLP", 1),
@@ -146,8 +146,10 @@ def seed_cells(rows: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
             row |= {metric: stats["mean"], **{f"{metric}_{k}": stats[k] for k in
                                               ("sd", "min", "max", "ci_low", "ci_high")}}
             if row["bimodal"]:
-                row[f"{metric}_learned"] = ok.loc[ok["val_acc"] > 0.5, metric].mean()
-                row[f"{metric}_chance"] = ok.loc[ok["val_acc"] <= 0.5, metric].mean()
+                learned_runs = ok["val_acc"] > seed_stats.LEARNED_ABOVE  # as modes() counts them
+                row[f"{metric}_learned"] = ok.loc[learned_runs, metric].mean()
+                row[f"{metric}_chance"] = ok.loc[ok["val_acc"] < seed_stats.CHANCE_BELOW,
+                                                 metric].mean()
         cells.append(row)
     return pd.DataFrame(cells)
 
@@ -321,12 +323,11 @@ def curves_by_model(runs: pd.DataFrame,
             for model, rows in runs.groupby("model", sort=False)}
 
 
-def _time_bars(rows: pd.DataFrame, key: str,
-               label=lambda value, n: str(value)) -> tuple[dict, dict]:
-    """Mean training time per ``key`` over finished runs, and its sd where runs repeat."""
-    ok = rows[rows["outcome"] == "ok"].groupby(key, sort=False)["train_time_s"]
+def _time_bars(rows: pd.DataFrame) -> tuple[dict, dict]:
+    """Mean training time per learning rate over finished runs, and its sd where runs repeat."""
+    ok = rows[rows["outcome"] == "ok"].groupby("lr", sort=False)["train_time_s"]
     means, sds, sizes = ok.mean(), ok.std(), ok.size()
-    names = {value: label(value, sizes[value]) for value in means.index}
+    names = {lr: lr_label(lr, sizes[lr]) for lr in means.index}
     return ({names[v]: t for v, t in means.items()},
             {names[v]: s for v, s in sds.items() if pd.notna(s)})
 
@@ -339,7 +340,7 @@ def write_figures(runs: pd.DataFrame, table4: pd.DataFrame, curves: dict, out: P
                                              overview.items(), strict=True):
         plots.save(plots.plot_curves(by_lr, CURVE_METRICS, title=title),
                    out / f"{slug(model)}_curves.png")
-        times, errors = _time_bars(rows, "lr", lr_label)
+        times, errors = _time_bars(rows)
         plots.save(plots.plot_bars(times, "training time (s)", f"{title}: training time",
                                    errors), out / f"{slug(model)}_train_time.png")
         names += [f"{slug(model)}_curves.png", f"{slug(model)}_train_time.png"]
@@ -398,9 +399,7 @@ def add_selection_args(parser: argparse.ArgumentParser) -> None:
                              "Table 4 protocol)")
     parser.add_argument("--all-runs", action="store_true",
                         help="select every training run of the experiment instead of one sweep")
-    parser.add_argument("--experiment", default="mnist_bench", help="MLflow experiment name")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
+    add_store_args(parser)
 
 
 @dataclass
@@ -413,7 +412,7 @@ class Selection:
 def select_runs(args: argparse.Namespace) -> Selection:
     """The runs that ``add_selection_args``' options select, from the store they name."""
     try:
-        mlflow.set_tracking_uri(existing_store(tracking_uri(args.tracking_uri, Path.cwd())))
+        read_store(args)
     except UserError as err:
         raise ReportError(str(err)) from None
     if mlflow.get_experiment_by_name(args.experiment) is None:

@@ -21,7 +21,7 @@ import mlflow
 from mlflow.entities import Run
 
 from mnist_bench.cli import UserError
-from mnist_bench.tracking import existing_store, tracking_uri
+from mnist_bench.tracking import add_store_args, read_store
 
 ALIVE, GONE, ELSEWHERE = "alive", "gone", "other host"
 
@@ -79,16 +79,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "writes each; --close ends those whose process is gone as KILLED.")
     parser.add_argument("--close", action="store_true",
                         help="end the runs whose process is gone (this host only) as KILLED")
-    parser.add_argument("--experiment", default="mnist_bench", help="MLflow experiment name")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
+    add_store_args(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        mlflow.set_tracking_uri(existing_store(tracking_uri(args.tracking_uri, Path.cwd())))
+        read_store(args)
     except UserError as err:
         print(f"mnist_bench.runs: {err}", file=sys.stderr)
         return 2

@@ -38,7 +38,3 @@ def modes(accuracies: Sequence[float]) -> tuple[int, int]:
     x = np.asarray(accuracies, dtype=float)
     return int((x > LEARNED_ABOVE).sum()), int((x < CHANCE_BELOW).sum())
 
-
-def is_bimodal(accuracies: Sequence[float]) -> bool:
-    learned, at_chance = modes(accuracies)
-    return learned > 0 and at_chance > 0

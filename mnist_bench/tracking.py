@@ -7,6 +7,7 @@ an exception ends it FAILED (with ``diverged=true`` for a NaN/inf loss) and an i
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -53,6 +54,20 @@ def tracking_uri(configured: str | None, launch_dir: str | Path) -> str:
         return configured
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
     return from_env or f"sqlite:///{Path(launch_dir).resolve() / 'mlflow.db'}"
+
+
+def add_store_args(parser: argparse.ArgumentParser) -> None:
+    """``--experiment`` and ``--tracking-uri``, for the commands that read runs."""
+    parser.add_argument("--experiment", default="mnist_bench", help="MLflow experiment name")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
+
+
+def read_store(args: argparse.Namespace) -> str:
+    """The store that ``add_store_args``' options name, made current; one line if absent."""
+    uri = existing_store(tracking_uri(args.tracking_uri, Path.cwd()))
+    mlflow.set_tracking_uri(uri)
+    return uri
 
 
 def existing_store(uri: str) -> str:

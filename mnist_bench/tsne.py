@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mnist_bench import checkpoint, embedding, plots, tracking
-from mnist_bench.cli import CONF_DIR, UserError, exit_interrupted, fail_job
+from mnist_bench.cli import CONF_DIR, UserError, exit_interrupted, fail_job, first_line
 from mnist_bench.config import MODEL_SCHEMAS, DataConf, build, choice, register_configs
 from mnist_bench.data import DataError, ensure_mnist, read_mnist, scale_images
 from mnist_bench.embedding import TSNEParams
@@ -110,10 +110,6 @@ def sample_mnist(root: str | Path, subset: str, n_samples: int, seed: int,
     return images[indices], labels[indices].numpy(), indices.numpy()
 
 
-def _first_line(err: Exception) -> str:
-    return (str(getattr(err, "message", err)).strip().splitlines() or [type(err).__name__])[0]
-
-
 @dataclass
 class TrainedModel:
     network: nn.Module
@@ -160,7 +156,7 @@ def _from_run(model_uri: str) -> TrainedModel:
         logged = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except (MlflowException, OSError) as err:
         raise UserError(f"model_uri={model_uri!r}: no mnist_bench model there in the tracking "
-                        f"store {mlflow.get_tracking_uri()} ({_first_line(err)})") from None
+                        f"store {mlflow.get_tracking_uri()} ({first_line(err)})") from None
     network = _with_weights(trained_with.model, network_weights(logged.state_dict()), model_uri)
     return TrainedModel(network, trained_with.data.normalize, run_id)
 

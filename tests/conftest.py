@@ -8,6 +8,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -106,6 +107,13 @@ def data_root() -> Path:
     except DataError as err:
         pytest.fail(f"{err}\nSet MNIST_DATA_ROOT to a folder holding MNIST/raw/.")
     return DATA_ROOT
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def sqlite_uri(folder: Path) -> str:

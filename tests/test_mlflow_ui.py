@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ from urllib.parse import quote
 
 import pytest
 from mlflow import MlflowClient
+
+from conftest import free_port
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -90,12 +91,6 @@ class UiSweep:
     sweep_id: str
     sweep_run_names: list[str]  # as the MLflow client reports them
     all_run_count: int  # sweep runs + the decoy
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _tail(path: Path, n_chars: int = 4000) -> str:
@@ -227,7 +222,7 @@ def ui_sweep(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     artifacts.mkdir()
     client = MlflowClient(tracking_uri=store_uri)
     client.search_experiments()  # creates the store's tables before two processes share it
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server_log = tmp / "mlflow_server.log"
     log.info("store ready after %.1f s", time.monotonic() - t0)

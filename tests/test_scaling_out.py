@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
 
-from conftest import compose_job, run_cli, run_in_process, sqlite_uri
+from conftest import compose_job, free_port, run_cli, run_in_process, sqlite_uri
 from mnist_bench import job
 from mnist_bench.cli import CONF_DIR
 from mnist_bench.team_server import TeamServer, start, stop
@@ -99,12 +98,6 @@ def test_a_submitit_local_sweep_tracks_every_job(tmp_path, data_root):
     assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["0.001", "0.01"]
     assert {r.data.tags["torch_threads"] for r in runs} == {"1"}
     assert len(list(tmp_path.glob("multirun/*/*/.submitit/*/*_log.out"))) == 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

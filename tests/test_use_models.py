@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 from PIL import Image
 
-from conftest import DATA_ROOT, run_cli, run_in_process, sqlite_uri
+from conftest import DATA_ROOT, free_port, run_cli, run_in_process, sqlite_uri
 from mnist_bench import register
 from mnist_bench.cli import CONF_DIR, UserError
 from mnist_bench.data import read_mnist
@@ -259,12 +258,6 @@ def test_register_says_when_no_run_logged_a_model(tmp_path, data_root, capsys):
 
 
 # ------------------------------------------------------------------ serve (slow) -----------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_served_model_answers_with_the_probabilities_of_predict(trained, tmp_path):
