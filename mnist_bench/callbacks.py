@@ -41,6 +41,9 @@ class SweepParentRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mnist_bench import sweep_runs  # MLflow: imported for sweeps only
 
+        self.parent = None
+        if config.hydra.sweeper.get("_target_") == sweep_runs.OPTUNA_SWEEPER:
+            return
         try:
             self.parent = sweep_runs.start_parent(config)
         except UserError as err:  # e.g. a tracking store that cannot be used: no job could run
@@ -51,4 +54,5 @@ class SweepParentRun(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from mnist_bench import sweep_runs
 
-        sweep_runs.end_parent(self.parent)
+        if self.parent is not None:
+            sweep_runs.end_parent(self.parent)

@@ -55,8 +55,11 @@ class JobFailed(CompactHydraException):
 def fail_job(err: Exception) -> NoReturn:
     """Exit 1; in a multirun, raise instead so that the other jobs still run."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise JobFailed(f"a job of the sweep failed ({first_line(err)}); its run and the others "
-                        "are in MLflow") from None
+        failed = JobFailed(f"a job of the sweep failed ({first_line(err)}); its run and the "
+                           "others are in MLflow")
+        # for a search, which records why its trial failed and stops on repeated user errors
+        failed.reason, failed.user_error = first_line(err), isinstance(err, UserError)
+        raise failed from None
     sys.exit(1)
 
 

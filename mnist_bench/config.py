@@ -166,6 +166,14 @@ class TrackingConf:
 
 
 @dataclass
+class SearchConf:
+    """Set by ``hydra/sweeper=optuna`` for each trial's job; null outside a search."""
+
+    study: str | None = None
+    trial: int | None = None
+
+
+@dataclass
 class Config:
     model: Any = MISSING
     optimizer: Any = MISSING
@@ -173,6 +181,7 @@ class Config:
     data: DataConf = field(default_factory=DataConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
+    search: SearchConf = field(default_factory=SearchConf)
     resume: str | None = None
 
 

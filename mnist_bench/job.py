@@ -25,6 +25,7 @@ from mnist_bench.config import build
 from mnist_bench.data import DataError, build_splits, unit_pixels
 from mnist_bench.train import (
     FitResult,
+    PrunedError,
     apply_device_settings,
     evaluate,
     fit,
@@ -118,13 +119,15 @@ def logged_model_name(cfg: DictConfig) -> str:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """What differs and matters first (``lenet lr=0.01 seed=3``), then the other overrides."""
+    """What differs and matters first (``lenet lr=0.01 seed=3``, after ``trial 7:`` in a
+    search), then the other overrides."""
     leading = ("model=", "optimizer.lr=", "trainer.seed=")
     excluded = tuple(f"{key}=" for key in
                      HydraConfig.get().job.config.override_dirname.exclude_keys)
     others = [o for o in HydraConfig.get().overrides.task
               if not o.startswith(leading + excluded)]
-    return " ".join([f"{cfg.model.name} lr={cfg.optimizer.lr:g} seed={cfg.trainer.seed}",
+    trial = [] if cfg.search.trial is None else [f"trial {cfg.search.trial}:"]
+    return " ".join([*trial, f"{cfg.model.name} lr={cfg.optimizer.lr:g} seed={cfg.trainer.seed}",
                      *others])
 
 
@@ -149,6 +152,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
 
     tracking.open_store(tracking.tracking_uri(cfg.tracking.uri, launch_dir),
                         cfg.tracking.experiment)
+    search = open_search_trial(cfg)
     state = load_resume_state(cfg, held, output_dir) if cfg.resume else None
 
     try:
@@ -176,6 +180,8 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
     parent = sweep_runs.parent_of(tags["sweep_id"]) if "sweep_id" in tags else None
     if parent:
         tags["mlflow.parentRunId"] = parent
+    if search is not None:  # a trial's run is a child of its study's run
+        tags |= search.tags()
     if state is not None:  # this job's folder holds the checkpoint that the run tag names
         checkpoint.save_checkpoint(ckpt_path, **state)
         tags["resumed_from_epoch"] = str(state["epoch"])
@@ -187,42 +193,60 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
     # Ctrl-C and SIGTERM wait while MLflow writes (signals_held): an interrupt inside a SQLite
     # transaction leaves the store locked, and the run could then not be ended.
     name = cfg.tracking.run_name or run_name(cfg)
-    with tracking.mlflow_run(state["mlflow_run_id"] if state else None, name, tags) as run_id:
-        with tracking.signals_held():
-            if state is None:
-                tracking.log_config(cfg, output_dir / ".hydra")
-                tracking.log_datasets(cfg.data)
-            else:
-                tracking.log_missing_epochs(run_id, state["history"])
-
-        def end_of_epoch(epoch: int, row: dict[str, float]) -> None:
-            # Checkpoint first: MLflow never holds an epoch that no checkpoint holds, so a resumed
-            # run never logs an epoch twice (log_missing_epochs fills the opposite gap).
+    run_id = state["mlflow_run_id"] if state else None
+    try:
+        with tracking.mlflow_run(run_id, name, tags) as run_id:
             with tracking.signals_held():
-                checkpoint.save_checkpoint(
-                    ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                    epoch=epoch, rng=checkpoint.rng_state(splits.generator),
-                    history=result.history, train_time_s=result.train_time_s,
-                    best_val_acc=result.best_val_acc, mlflow_run_id=run_id)
-                tracking.log_epoch(epoch, row)
+                if state is None:
+                    tracking.log_config(cfg, output_dir / ".hydra")
+                    tracking.log_datasets(cfg.data)
+                else:
+                    tracking.log_missing_epochs(run_id, state["history"])
+                if search is not None:
+                    search.started(run_id)
 
-        result = fit(model, optimizer, splits, cfg.trainer, cfg.device, device,
-                     step_model=step_model, result=result, on_epoch_end=end_of_epoch)
-        test = evaluate(step_model, splits.test, device, cfg.device)
-        with tracking.signals_held():
-            mlflow.log_metrics({"test_acc": test.acc, "test_loss": test.loss,
-                                "best_val_acc": result.best_val_acc,
-                                "train_time_s": result.train_time_s, "n_params": n_params})
-            tracking.log_evaluation(result.history, test.targets.numpy(),
-                                    test.predictions.numpy(),
-                                    f"{model_name}, {opt_name} lr={cfg.optimizer.lr:g}")
-            if cfg.tracking.log_model:
-                images = next(iter(splits.test))[0][:4]
-                tracking.log_model(model, unit_pixels(images, cfg.data.normalize),
-                                   cfg.data.normalize, logged_model_name(cfg))
+            def end_of_epoch(epoch: int, row: dict[str, float]) -> None:
+                # Checkpoint first: MLflow never holds an epoch that no checkpoint holds, so a
+                # resumed run never logs an epoch twice (log_missing_epochs fills the other gap).
+                with tracking.signals_held():
+                    checkpoint.save_checkpoint(
+                        ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                        epoch=epoch, rng=checkpoint.rng_state(splits.generator),
+                        history=result.history, train_time_s=result.train_time_s,
+                        best_val_acc=result.best_val_acc, mlflow_run_id=run_id)
+                    tracking.log_epoch(epoch, row)
+                    if search is not None:  # may stop the trial here (PrunedError)
+                        search.report(epoch, row)
+
+            result = fit(model, optimizer, splits, cfg.trainer, cfg.device, device,
+                         step_model=step_model, result=result, on_epoch_end=end_of_epoch)
+            test = evaluate(step_model, splits.test, device, cfg.device)
+            with tracking.signals_held():
+                mlflow.log_metrics({"test_acc": test.acc, "test_loss": test.loss,
+                                    "best_val_acc": result.best_val_acc,
+                                    "train_time_s": result.train_time_s, "n_params": n_params})
+                tracking.log_evaluation(result.history, test.targets.numpy(),
+                                        test.predictions.numpy(),
+                                        f"{model_name}, {opt_name} lr={cfg.optimizer.lr:g}")
+                if cfg.tracking.log_model:
+                    images = next(iter(splits.test))[0][:4]
+                    tracking.log_model(model, unit_pixels(images, cfg.data.normalize),
+                                       cfg.data.normalize, logged_model_name(cfg))
+    except PrunedError as err:
+        print(f"{model_name} lr={cfg.optimizer.lr:g}: {err} run_id={run_id}", flush=True)
+        return err.value
 
     last = result.history[-1]
     print(f"{model_name} lr={cfg.optimizer.lr:g}: train_acc={last['train_acc']:.4f} "
           f"val_acc={last['val_acc']:.4f} test_acc={test.acc:.4f} "
           f"train_time_s={result.train_time_s:.1f} run_id={run_id}", flush=True)
     return result.best_val_acc
+
+
+def open_search_trial(cfg: DictConfig):
+    """The Optuna trial this job runs for ``hydra/sweeper=optuna``, else None."""
+    if cfg.search.trial is None:
+        return None
+    from mnist_bench.search_trial import open_trial  # Optuna: imported for searches only
+
+    return open_trial(cfg.search)

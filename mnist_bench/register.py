@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from mnist_bench.report import ReportError, add_selection_args, select_runs
 
 # Overrides that do not change what is trained: runs that differ only in these share a cell.
-NOT_THE_CELL = re.compile(r"(^| )(trainer\.seed|device[.=]\S*|tracking\.\S+|data\.root|"
+NOT_THE_CELL = re.compile(r"(^| )(trainer\.seed|device[.=]\S*|tracking\.\S+|search\.\S+|data\.root|"
                           r"data\.num_workers)=?\S*")
 
 

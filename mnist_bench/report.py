@@ -33,7 +33,7 @@ MODELS = {  # model name -> (title, table number of the report it reproduces)
 ACCURACIES = ("train_acc", "val_acc", "test_acc")
 PAPER_EPOCHS = 10  # the report's learning-rate sweep
 CURVE_METRICS = ("train_loss", "train_acc", "val_acc")
-NOT_TRAINING = ("report", "tsne", "sweep")
+NOT_TRAINING = ("report", "tsne", "sweep", "study")
 CELL_FORMATS = {"train_time_s": (1, 1, 0), "test_loss": (1, 3, 3)}  # scale, digits, paper digits
 
 

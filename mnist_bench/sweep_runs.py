@@ -25,6 +25,8 @@ from mnist_bench.cli import interrupted
 
 log = logging.getLogger(__name__)
 SWEEP = "sweep"
+# A search's study is the parent run of its trials (search.py) instead of a sweep's parent.
+OPTUNA_SWEEPER = "hydra_plugins.mnist_bench_optuna.optuna_sweeper.OptunaSweeper"
 
 
 @dataclass(frozen=True)

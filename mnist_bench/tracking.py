@@ -35,12 +35,13 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_bench import data, metrics, plots
 from mnist_bench.cli import UserError
 from mnist_bench.models.classifier import CONTRACT, DigitClassifier
-from mnist_bench.train import DivergedError
+from mnist_bench.train import DivergedError, PrunedError
 
 log = logging.getLogger(__name__)
 NOT_PARAMS = ("resume",)
 SERVER_TIMEOUT_S = 10.0
-END_TAGS = {"interrupted", "error", "diverged", "diverged_epoch"}  # how an attempt ended
+# how an attempt ended
+END_TAGS = {"interrupted", "error", "diverged", "diverged_epoch", "pruned", "pruned_at_epoch"}
 # Keys that may differ when a run is resumed: where things are, not what is trained.
 RESUMABLE_CHANGES = ("data.root", "data.num_workers", "device.", "tracking.uri",
                      "tracking.run_name", "tracking.sweep_id", "tracking.log_model",
@@ -185,6 +186,10 @@ def mlflow_run(run_id: str | None, run_name: str, tags: Mapping[str, str]) -> It
         end_run(run_id, "FAILED", {"diverged": "true", "diverged_epoch": str(err.epoch)},
                 f"{err}; MLflow run {run_id} ended FAILED with diverged=true")
         raise
+    except PrunedError as err:  # a search's pruner stopped the trial: not a failure
+        end_run(run_id, "FINISHED", {"pruned": "true", "pruned_at_epoch": str(err.epoch)},
+                f"{err}; MLflow run {run_id} ended FINISHED with pruned=true", logging.INFO)
+        raise
     except KeyboardInterrupt:
         end_run(run_id, "KILLED", {"interrupted": "true"},
                 f"interrupted: MLflow run {run_id} ended KILLED; the last complete checkpoint is "
@@ -222,7 +227,7 @@ def signals_held() -> Iterator[None]:
 
 
 def end_run(run_id: str, status: str, tags: Mapping[str, str] | None = None,
-            message: str | None = None) -> None:
+            message: str | None = None, level: int = logging.ERROR) -> None:
     """Tag how the run ended, end it with ``status`` and log ``message``, with signals held.
     The tags are the less important write: when they fail (a full disk, a store error) the run
     still ends."""
@@ -235,7 +240,7 @@ def end_run(run_id: str, status: str, tags: Mapping[str, str] | None = None,
                       " ".join(str(err).split())[:200] or type(err).__name__)
         mlflow.end_run(status)
         if message:
-            log.error("%s", message)
+            log.log(level, "%s", message)
 
 
 def resume_problems(cfg: DictConfig, run: Run) -> list[str]:

@@ -43,6 +43,15 @@ class DivergedError(ReportedError):
         self.epoch, self.loss = epoch, loss
 
 
+class PrunedError(ReportedError):
+    """A search's pruner stopped the trial after ``epoch`` (``search_trial.py``); its run ends
+    FINISHED with the tags ``pruned`` and ``pruned_at_epoch``."""
+
+    def __init__(self, trial: int, epoch: int, value: float) -> None:
+        super().__init__(f"trial {trial} pruned after epoch {epoch} (objective {value:.4f})")
+        self.epoch, self.value = epoch, value
+
+
 @dataclass
 class EvalResult:
     loss: float
