@@ -52,6 +52,7 @@ Activation = choice("Activation", "sigmoid", "relu")
 Pool = choice("Pool", "avg", "max")
 ResNetStem = choice("ResNetStem", "imagenet", "small")
 GoogLeNetStem = choice("GoogLeNetStem", "gray", "rgb")
+Schedule = choice("Schedule", "none", "onecycle", "cosine")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class MLPConf:
     _target_: str = "mnist_bench.models.mlp.MLP"
     name: str = "mlp"
     hidden: Any = field(default_factory=lambda: [128, 32])  # checked by config_problems
+    dropout: float = 0.0
 
 
 @dataclass
@@ -67,6 +69,7 @@ class LeNetConf:
     name: str = "lenet"
     activation: Activation = Activation.sigmoid
     pool: Pool = Pool.avg
+    batch_norm: bool = False
 
 
 @dataclass
@@ -82,6 +85,13 @@ class GoogLeNetConf:
     name: str = "googlenet"
     stem: GoogLeNetStem = GoogLeNetStem.gray
     aux_weight: float = 0.3
+
+
+@dataclass
+class SmallCNNConf:
+    _target_: str = "mnist_bench.models.smallcnn.SmallCNN"
+    name: str = "smallcnn"
+    width: int = 24
 
 
 @dataclass
@@ -154,6 +164,16 @@ class TrainerConf:
     deterministic: bool = False
     test_every_epoch: bool = False
     log_every_n_steps: int = 50
+    label_smoothing: float = 0.0
+    schedule: Schedule = Schedule.none
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class AugmentConf:
+    rotation: float = 0.0   # degrees, each way
+    scale: float = 0.0      # zoom 1 ± scale
+    translate: float = 0.0  # shift, as a fraction of the image's side, each way
 
 
 @dataclass
@@ -163,6 +183,7 @@ class TrackingConf:
     run_name: str | None = None
     sweep_id: str | None = None
     log_model: bool = True
+    label: str | None = None
 
 
 @dataclass
@@ -180,6 +201,7 @@ class Config:
     device: DeviceConf = field(default_factory=DeviceConf)
     data: DataConf = field(default_factory=DataConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
+    augment: AugmentConf = field(default_factory=AugmentConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     search: SearchConf = field(default_factory=SearchConf)
     resume: str | None = None
@@ -190,10 +212,11 @@ MODEL_SCHEMAS: dict[str, type] = {
     "lenet": LeNetConf,
     "resnet18": ResNet18Conf,
     "googlenet": GoogLeNetConf,
+    "smallcnn": SmallCNNConf,
 }
 OPTIMIZER_SCHEMAS: dict[str, type] = {"adam": AdamConf, "adamw": AdamWConf, "sgd": SGDConf}
 GROUP_SCHEMAS = {"model": MODEL_SCHEMAS, "optimizer": OPTIMIZER_SCHEMAS}
-BATCH_NORM_MODELS = ("resnet18", "googlenet")
+BATCH_NORM_MODELS = ("resnet18", "googlenet", "smallcnn")
 
 
 def register_configs() -> None:
@@ -270,11 +293,30 @@ def _is_number_list(value: Any, length: int | None = None) -> bool:
 
 
 def _model_checks(model: DictConfig) -> list[tuple[str, Any, bool, str]]:
+    if model.name == "smallcnn":
+        return [("model.width", model.width, model.width >= 1, "an integer >= 1")]
     if model.name != "mlp":
         return []
     hidden = model.hidden
     ok = _is_number_list(hidden) and all(isinstance(h, int) and h >= 1 for h in hidden)
-    return [("model.hidden", hidden, ok, "a list of layer widths, integers >= 1, e.g. [128,32]")]
+    return [("model.hidden", hidden, ok, "a list of layer widths, integers >= 1, e.g. [128,32]"),
+            ("model.dropout", model.dropout, 0 <= model.dropout < 1, "a number in [0, 1)")]
+
+
+def _recipe_checks(cfg: DictConfig) -> list[tuple[str, Any, bool, str]]:
+    trainer, augment = cfg.trainer, cfg.augment
+    return [
+        ("trainer.label_smoothing", trainer.label_smoothing, 0 <= trainer.label_smoothing < 1,
+         "a number in [0, 1)"),
+        ("trainer.warmup_epochs", trainer.warmup_epochs,
+         trainer.warmup_epochs == 0 or 0 < trainer.warmup_epochs < trainer.epochs,
+         "a number >= 0 and below trainer.epochs"),
+        ("augment.rotation", augment.rotation, 0 <= augment.rotation <= 180,
+         "degrees in [0, 180]"),
+        ("augment.scale", augment.scale, 0 <= augment.scale < 1, "a number in [0, 1)"),
+        ("augment.translate", augment.translate, 0 <= augment.translate <= 0.5,
+         "a fraction of the image's side in [0, 0.5]"),
+    ]
 
 
 def _optimizer_checks(opt: DictConfig) -> list[tuple[str, Any, bool, str]]:
@@ -294,7 +336,7 @@ def _optimizer_checks(opt: DictConfig) -> list[tuple[str, Any, bool, str]]:
 
 def _batch_norm_checks(cfg: DictConfig) -> list[tuple[str, Any, bool, str]]:
     """BatchNorm cannot train on a batch of one image (ResNet-18's and GoogLeNet's 1x1 maps)."""
-    if cfg.model.name not in BATCH_NORM_MODELS:
+    if cfg.model.name not in BATCH_NORM_MODELS and not cfg.model.get("batch_norm"):
         return []
     why = f"at least 2 with model={cfg.model.name}: BatchNorm cannot train on one image"
     # only 1 is checked here: 0 and below are range problems of their own
@@ -348,5 +390,5 @@ def config_problems(cfg: DictConfig) -> list[str]:
     if problems:
         return problems
     checks = (_model_checks(cfg.model) + _optimizer_checks(cfg.optimizer) + _range_checks(cfg)
-              + _batch_norm_checks(cfg))
+              + _recipe_checks(cfg) + _batch_norm_checks(cfg))
     return [f"{key}={value!r}: must be {allowed}" for key, value, ok, allowed in checks if not ok]

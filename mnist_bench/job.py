@@ -177,6 +177,8 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
              **runs.writer_tags()}
     if cfg.tracking.sweep_id:
         tags["sweep_id"] = cfg.tracking.sweep_id
+    if cfg.tracking.label:
+        tags["label"] = cfg.tracking.label
     parent = sweep_runs.parent_of(tags["sweep_id"]) if "sweep_id" in tags else None
     if parent:
         tags["mlflow.parentRunId"] = parent
@@ -219,7 +221,8 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
                         search.report(epoch, row)
 
             result = fit(model, optimizer, splits, cfg.trainer, cfg.device, device,
-                         step_model=step_model, result=result, on_epoch_end=end_of_epoch)
+                         step_model=step_model, result=result, on_epoch_end=end_of_epoch,
+                         augment_cfg=cfg.augment)
             test = evaluate(step_model, splits.test, device, cfg.device)
             with tracking.signals_held():
                 mlflow.log_metrics({"test_acc": test.acc, "test_loss": test.loss,

@@ -75,7 +75,8 @@ def load_runs(experiment: str, sweep_ids: str | list[str] | None) -> pd.DataFram
 
     Where the selection mixes epoch counts (the report's 10-epoch sweep and its 25-epoch
     Table 4 protocol), runs trained for other than 10 epochs are labelled ``<model> (<n>
-    epochs)`` and form tables, curves and Table 4 rows of their own.
+    epochs)`` and form tables, curves and Table 4 rows of their own; so do runs with a
+    ``tracking.label`` (the presets'), under that label.
     """
     sweep_ids = [sweep_ids] if isinstance(sweep_ids, str) else sweep_ids
     filters = [f"tags.sweep_id = '{sweep_id}'" for sweep_id in sweep_ids or [""]]
@@ -91,6 +92,8 @@ def load_runs(experiment: str, sweep_ids: str | list[str] | None) -> pd.DataFram
     model = runs["tags.model"]
     if epochs.nunique() > 1:
         model = model.where(epochs == PAPER_EPOCHS, model + " (" + epochs.astype(str) + " epochs)")
+    if "tags.label" in runs:  # a preset's runs (tracking.label): rows of their own
+        model = runs["tags.label"].where(runs["tags.label"].fillna("") != "", model)
     runs = runs.assign(model=model, base_model=runs["tags.model"], epochs=epochs,
                        lr=runs["params.optimizer.lr"].astype(float),
                        outcome=runs.apply(_outcome, axis=1))

@@ -199,10 +199,10 @@ def _save_plots(study: optuna.Study, folder: Path) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the matplotlib plots are "experimental"
                 axes = getattr(optuna_plots, function)(study)
-            figure = np.ravel(axes)[0].figure
-            figure.set_size_inches(max(figure.get_size_inches()[0], 8), 5)
-            figure.tight_layout()
-            figure.savefig(folder / f"{name}.png", dpi=110)
+                figure = np.ravel(axes)[0].figure
+                figure.set_size_inches(max(figure.get_size_inches()[0], 8), 5)
+                figure.tight_layout()  # warns about the colour bars of some plots
+                figure.savefig(folder / f"{name}.png", dpi=110)
             plt.close(figure)
         except Exception as err:  # e.g. importances of fewer than two finished trials
             log.info("study %s: no %s plot (%s)", study.study_name, name, first_line(err))

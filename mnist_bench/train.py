@@ -20,8 +20,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mnist_bench.augment import is_identity
 from mnist_bench.cli import ReportedError
-from mnist_bench.train_step import TrainStep, autocast, make_train_step, prepare_batch
+from mnist_bench.schedules import make_scheduler
+from mnist_bench.train_step import Recipe, TrainStep, autocast, make_train_step, prepare_batch
 
 log = logging.getLogger(__name__)
 DEFAULT_NUM_THREADS = torch.get_num_threads()  # torch's choice, before any config changes it
@@ -162,15 +164,22 @@ def evaluate(step_model: nn.Module, batches: Iterable, device: torch.device,
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, splits, trainer_cfg, device_cfg,
         device: torch.device, *, step_model: nn.Module | None = None,
-        result: FitResult | None = None, on_epoch_end: EpochCallback | None = None) -> FitResult:
+        result: FitResult | None = None, on_epoch_end: EpochCallback | None = None,
+        augment_cfg=None) -> FitResult:
     """Train from epoch ``len(result.history) + 1`` to ``trainer_cfg.epochs``.
 
     ``result`` carries the history and training time of a resumed run. ``train_time_s`` is the
     wall time of the training and validation passes only: no data loading, no test pass, no
     logging.
     """
-    step = make_train_step(model, step_model or model, optimizer, device, device_cfg)
     result = result or FitResult()
+    steps_per_epoch = len(splits.train)
+    recipe = Recipe(
+        label_smoothing=trainer_cfg.label_smoothing,
+        augment=None if augment_cfg is None or is_identity(augment_cfg) else augment_cfg,
+        scheduler=make_scheduler(optimizer, trainer_cfg, steps_per_epoch,
+                                 len(result.history) * steps_per_epoch))
+    step = make_train_step(model, step_model or model, optimizer, device, device_cfg, recipe)
     for epoch in range(len(result.history) + 1, trainer_cfg.epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(

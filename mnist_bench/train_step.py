@@ -12,11 +12,25 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from mnist_bench.augment import random_affine
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recipe:
+    """What a step does beyond plain cross-entropy on the batch as loaded: label smoothing,
+    random affine augmentation (``augment`` config, None for none) and a per-step lr schedule."""
+
+    label_smoothing: float = 0.0
+    augment: Any = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
 
 def autocast(device: torch.device, amp: str | None,
@@ -35,8 +49,10 @@ def grad_scaler(device: torch.device, amp: str | None) -> torch.amp.GradScaler:
 
 
 def prepare_batch(x: torch.Tensor, y: torch.Tensor, device: torch.device,
-                  channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                  channels_last: bool, augment=None) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if augment is not None:
+        x = random_affine(x, augment)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
@@ -53,8 +69,10 @@ class TrainStep:
     capturable = False  # Adam's graph-safe mode, slower outside a graph
 
     def __init__(self, model: nn.Module, step_model: nn.Module,
-                 optimizer: torch.optim.Optimizer, device: torch.device, device_cfg) -> None:
+                 optimizer: torch.optim.Optimizer, device: torch.device, device_cfg,
+                 recipe: Recipe | None = None) -> None:
         self.model, self.step_model, self.optimizer = model, step_model, optimizer
+        self.recipe = recipe or Recipe()
         for group in optimizer.param_groups:  # Adam/AdamW; also resets a GPU checkpoint's flag
             if "capturable" in group:
                 group["capturable"] = self.capturable
@@ -71,15 +89,18 @@ class TrainStep:
         self.seen = 0
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x, y = prepare_batch(x, y, self.device, self.channels_last)
+        x, y = prepare_batch(x, y, self.device, self.channels_last, self.recipe.augment)
         self.run(x, y)
+        if self.recipe.scheduler is not None:
+            self.recipe.scheduler.step()
         self.seen += len(y)
 
     def run(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """The step's arithmetic; no host synchronisation, so that it can be captured."""
         with autocast(self.device, self.amp, self.autocast_cache):
             logits = self.step_model(x)
-            loss = nn.functional.cross_entropy(logits, y)
+            loss = nn.functional.cross_entropy(logits, y,
+                                               label_smoothing=self.recipe.label_smoothing)
             aux = getattr(self.model, "auxiliary_loss", None)
             objective = loss + aux(y) if aux is not None else loss
         self.optimizer.zero_grad(set_to_none=True)
@@ -157,9 +178,13 @@ class CUDAGraphTrainStep(TrainStep):
         return graph
 
 
-def uses_cuda_graphs(device: torch.device, device_cfg) -> bool:
+def uses_cuda_graphs(device: torch.device, device_cfg, recipe: Recipe | None = None) -> bool:
     """Whether ``device.cuda_graphs`` applies: on CUDA, unless another setting rules it out."""
     if not device_cfg.cuda_graphs or device.type != "cuda":
+        return False
+    if recipe is not None and recipe.scheduler is not None:
+        log.info("device.cuda_graphs ignored: a graph would keep the first step's learning rate, "
+                 "and trainer.schedule changes it every step")
         return False
     if device_cfg.compile:
         log.info("device.cuda_graphs ignored: device.compile=true compiles the model instead "
@@ -173,6 +198,6 @@ def uses_cuda_graphs(device: torch.device, device_cfg) -> bool:
 
 
 def make_train_step(model: nn.Module, step_model: nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device, device_cfg) -> TrainStep:
-    kind = CUDAGraphTrainStep if uses_cuda_graphs(device, device_cfg) else TrainStep
-    return kind(model, step_model, optimizer, device, device_cfg)
+                    device: torch.device, device_cfg, recipe: Recipe | None = None) -> TrainStep:
+    kind = CUDAGraphTrainStep if uses_cuda_graphs(device, device_cfg, recipe) else TrainStep
+    return kind(model, step_model, optimizer, device, device_cfg, recipe)

@@ -23,7 +23,7 @@ def group_options(group: str) -> list[str]:
 
 
 def test_groups_have_the_documented_options():
-    assert group_options("model") == ["googlenet", "lenet", "mlp", "resnet18"]
+    assert group_options("model") == ["googlenet", "lenet", "mlp", "resnet18", "smallcnn"]
     assert group_options("optimizer") == ["adam", "adamw", "sgd"]
     assert group_options("device") == ["auto", "cpu", "cuda", "mps"]
     assert group_options("data") == ["mnist"]
@@ -37,7 +37,7 @@ def test_defaults_are_the_reports():
     assert config_problems(cfg) == []
 
 
-@pytest.mark.parametrize("model", ["googlenet", "lenet", "mlp", "resnet18"])
+@pytest.mark.parametrize("model", ["googlenet", "lenet", "mlp", "resnet18", "smallcnn"])
 def test_every_model_option_instantiates(model):
     cfg = compose_cfg(f"model={model}")
     assert config_problems(cfg) == []
