@@ -252,4 +252,4 @@ def open_search_trial(cfg: DictConfig):
         return None
     from mnist_bench.search_trial import open_trial  # Optuna: imported for searches only
 
-    return open_trial(cfg.search)
+    return open_trial(cfg.search, cfg.trainer.epochs)

@@ -79,7 +79,8 @@ def load_runs(experiment: str, sweep_ids: str | list[str] | None) -> pd.DataFram
     ``tracking.label`` (the presets'), under that label.
     """
     sweep_ids = [sweep_ids] if isinstance(sweep_ids, str) else sweep_ids
-    filters = [f"tags.sweep_id = '{sweep_id}'" for sweep_id in sweep_ids or [""]]
+    # no sweep: the whole experiment, single runs (which have no sweep_id tag) included
+    filters = [f"tags.sweep_id = '{sweep_id}'" for sweep_id in sweep_ids] if sweep_ids else [""]
     runs = pd.concat([mlflow.search_runs(experiment_names=[experiment], filter_string=f)
                       for f in filters], ignore_index=True)
     if not runs.empty and "tags.run_type" in runs:

@@ -24,6 +24,7 @@ class SearchTrial:
     trial: optuna.Trial
     objective: str  # the key of the epoch's metrics that the study optimises
     parent_run_id: str | None
+    epochs: int  # a trial past its last epoch is complete: pruning it then would save nothing
 
     def tags(self) -> dict[str, str]:
         tags = {"optuna_study": self.trial.study.study_name,
@@ -39,13 +40,13 @@ class SearchTrial:
         """Record the epoch's objective; raise :class:`PrunedError` if the pruner stops here."""
         value = metrics[self.objective]
         self.trial.report(value, epoch)
-        if self.trial.should_prune():
+        if epoch < self.epochs and self.trial.should_prune():
             self.trial.set_user_attr(studies.PRUNED_AT, epoch)
             raise PrunedError(self.trial.number, epoch, value)
 
 
-def open_trial(search: DictConfig) -> SearchTrial | None:
-    """The Optuna trial this job runs, or None outside a search."""
+def open_trial(search: DictConfig, epochs: int) -> SearchTrial | None:
+    """The Optuna trial this job runs (for ``epochs`` epochs), or None outside a search."""
     if search.trial is None:
         return None
     hc = HydraConfig.get()
@@ -65,4 +66,4 @@ def open_trial(search: DictConfig) -> SearchTrial | None:
         raise UserError(f"search.study={search.study!r} search.trial={search.trial}: no such "
                         f"trial in {studies.redacted(url)} ({first_line(err)})") from None
     return SearchTrial(optuna.trial.Trial(study, trial_id), sweeper.objective,
-                       study.user_attrs.get(studies.PARENT_RUN))
+                       study.user_attrs.get(studies.PARENT_RUN), epochs)
