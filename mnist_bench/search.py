@@ -88,7 +88,8 @@ def open_study(cfg: DictConfig, name: str, storage: optuna.storages.BaseStorage,
     return study, False
 
 
-def study_run(study: optuna.Study, created: bool, config: DictConfig, url: str) -> StudyRun:
+def study_run(study: optuna.Study, created: bool, config: DictConfig,
+              storage: optuna.storages.BaseStorage, url: str) -> StudyRun:
     """The study's parent MLflow run: created by the worker that created the study, found (and
     reopened) by any other."""
     uri = tracking.tracking_uri(config.tracking.uri, os.getcwd())
@@ -103,22 +104,22 @@ def study_run(study: optuna.Study, created: bool, config: DictConfig, url: str) 
         study.set_user_attr(studies.PARENT_RUN, run.info.run_id)
         run_id = run.info.run_id
     else:
-        run_id = _wait_for_parent(study)
+        run_id = _wait_for_parent(study.study_name, storage)
         client.update_run(run_id, status="RUNNING")
     for key, value in runs.writer_tags().items():
         client.set_tag(run_id, key, value)
     return StudyRun(client, run_id)
 
 
-def _wait_for_parent(study: optuna.Study) -> str:
+def _wait_for_parent(name: str, storage: optuna.storages.BaseStorage) -> str:
     """The parent run id, which the worker that created the study records a moment later."""
     for _ in range(PARENT_WAIT_S):
-        run_id = optuna.load_study(study_name=study.study_name,
-                                   storage=study._storage).user_attrs.get(studies.PARENT_RUN)
+        run_id = optuna.load_study(study_name=name, storage=storage).user_attrs.get(
+            studies.PARENT_RUN)
         if run_id:
             return run_id
         time.sleep(1)
-    raise UserError(f"study {study.study_name} has no MLflow parent run after "
+    raise UserError(f"study {name} has no MLflow parent run after "
                     f"{PARENT_WAIT_S} s; the worker that created it may have died")
 
 
@@ -137,7 +138,7 @@ def heartbeats(storage: optuna.storages.RDBStorage, trials: Sequence[Trial]) -> 
         while not stop.is_set():
             for trial in trials:
                 with contextlib.suppress(Exception):  # a missed beat is only a late one
-                    storage.record_heartbeat(trial._trial_id)
+                    storage.record_heartbeat(trial._trial_id)  # the storage API takes the id
             stop.wait(studies.HEARTBEAT_S)
 
     thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
@@ -160,9 +161,14 @@ def finish(study: optuna.Study, trial: Trial, value: float | None = None,
             raise
 
 
+def frozen_trial(study: optuna.Study, trial: Trial) -> optuna.trial.FrozenTrial:
+    """The trial as stored now, with what its job recorded (a study numbers trials 0, 1, ...)."""
+    return study.get_trials(deepcopy=False)[trial.number]
+
+
 def tell(study: optuna.Study, trial: Trial, result: JobReturn, direction: str) -> str:
     """Record how the trial's job ended; returns a line for the log."""
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = frozen_trial(study, trial)
     if result.status != JobStatus.COMPLETED:
         error = getattr(result._return_value, "reason", None) or first_line(result._return_value)
         trial.set_user_attr(studies.JOB_FAILED, error)
@@ -183,7 +189,7 @@ def tell(study: optuna.Study, trial: Trial, result: JobReturn, direction: str) -
 def fail_unfinished(study: optuna.Study, trials: Sequence[Trial]) -> None:
     """Trials of an interrupted round: failed, without using up the budget (``counted``)."""
     for trial in trials:
-        if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+        if frozen_trial(study, trial).state == TrialState.RUNNING:
             finish(study, trial, state=TrialState.FAIL)
 
 
@@ -200,7 +206,7 @@ def run_search(cfg: DictConfig, config: DictConfig, launcher, arguments: list[st
     storage = studies.open_storage(url)
     name = cfg.study_name or default_study_name(config.tracking.experiment, space)
     study, created = open_study(cfg, name, storage, space)
-    parent = study_run(study, created, config, url)
+    parent = study_run(study, created, config, storage, url)
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")

@@ -98,6 +98,7 @@ def accuracy(model, batches, cfg) -> float:
     return evaluate(model, batches, torch.device("cpu"), cfg.device).acc
 
 
+@pytest.mark.slow
 def test_augmented_digits_keep_their_labels(small_cnn):
     model, splits, cfg = small_cnn
     x, y = splits.test.x[:2000], splits.test.y[:2000]
@@ -156,7 +157,9 @@ def test_label_smoothing_reaches_the_loss():
     assert losses[1] == pytest.approx(expected, rel=1e-5) and losses[0] != losses[1]
 
 
-@pytest.mark.parametrize("preset", ["best_lenet", "best_mlp", "speedrun"])
+@pytest.mark.parametrize("preset", [
+    "best_mlp", pytest.param("best_lenet", marks=pytest.mark.slow),
+    pytest.param("speedrun", marks=pytest.mark.slow)])
 def test_a_preset_trains_end_to_end_and_gets_its_own_report_rows(preset, tmp_path, store,
                                                                  data_root):
     job = run_in_process([f"+experiment={preset}", "trainer.epochs=2",
