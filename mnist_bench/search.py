@@ -206,7 +206,12 @@ def run_search(cfg: DictConfig, config: DictConfig, launcher, arguments: list[st
     storage = studies.open_storage(url)
     name = cfg.study_name or default_study_name(config.tracking.experiment, space)
     study, created = open_study(cfg, name, storage, space)
-    parent = study_run(study, created, config, storage, url)
+    try:
+        parent = study_run(study, created, config, storage, url)
+    except BaseException:
+        if created:  # a study without its parent run would make the next worker wait for it
+            optuna.delete_study(study_name=name, storage=storage)
+        raise
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, sweep_dir / "multirun.yaml")
@@ -217,8 +222,8 @@ def run_search(cfg: DictConfig, config: DictConfig, launcher, arguments: list[st
         run_rounds(study, storage, space, launcher, validate, n_trials,
                    parallel_trials(cfg, config.hydra.launcher), cfg.direction)
         status = "FINISHED"
-    except BaseException:
-        status = "KILLED" if interrupted() else "FAILED"
+    except BaseException as err:
+        status = "KILLED" if interrupted() or isinstance(err, KeyboardInterrupt) else "FAILED"
         raise
     finally:
         end_study_run(study, parent, cfg.direction, status, sweep_dir)

@@ -16,7 +16,7 @@ from mnist_bench import report
 from mnist_bench.augment import random_affine, transform
 from mnist_bench.cli import CONF_DIR
 from mnist_bench.config import config_problems
-from mnist_bench.data import build_splits
+from mnist_bench.data import MNISTSplits, TensorBatches, build_splits
 from mnist_bench.models.smallcnn import SmallCNN
 from mnist_bench.schedules import factor_function, make_scheduler
 from mnist_bench.train import evaluate, fit
@@ -64,7 +64,7 @@ def test_shifted_pixels_take_the_background_of_standardised_images():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_augmentation_runs_on_the_training_device(device, monkeypatch, data_root):
+def test_augmentation_runs_on_the_training_device(device, monkeypatch):
     seen = []
 
     def spy(x, cfg):
@@ -72,9 +72,10 @@ def test_augmentation_runs_on_the_training_device(device, monkeypatch, data_root
         return random_affine(x, cfg)
 
     monkeypatch.setattr("mnist_bench.train_step.random_affine", spy)
-    cfg = compose_preset("speedrun", f"data.root={DATA_ROOT}", "data.max_train_samples=256",
-                         "trainer.epochs=1", f"device.type={device}")
-    splits = build_splits(cfg.data, 64, 1024, torch.device(device), 0)
+    cfg = compose_preset("speedrun", "trainer.epochs=1", f"device.type={device}")
+    x, y = torch.rand(256, 1, 28, 28, device=device), torch.randint(0, 10, (256,), device=device)
+    batches = TensorBatches(x, y, 64, shuffle=True)
+    splits = MNISTSplits(batches, batches, batches, torch.Generator())
     model = SmallCNN(width=8).to(device)
     fit(model, torch.optim.Adam(model.parameters()), splits, cfg.trainer, cfg.device,
         torch.device(device), augment_cfg=AFFINE)
