@@ -128,9 +128,11 @@ def counted(trial: FrozenTrial) -> bool:
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
-    states = Counter(t.state.name.lower() for t in study.get_trials(deepcopy=False))
-    return {"trials": sum(states.values()), "complete": states["complete"],
-            "pruned": states["pruned"], "failed": states["fail"], "running": states["running"]}
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name.lower() for t in trials)
+    return {"trials": len(trials), "complete": states["complete"], "pruned": states["pruned"],
+            "failed": states["fail"], "running": states["running"],
+            "epochs_trained": sum(len(t.intermediate_values) for t in trials)}
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -229,7 +231,7 @@ def describe(study: optuna.Study, direction: str) -> str:
     counts = state_counts(study)
     line = (f"study {study.study_name}: {counts['trials']} trials, {counts['complete']} "
             f"complete, {counts['pruned']} pruned, {counts['failed']} failed, "
-            f"{counts['running']} running")
+            f"{counts['running']} running, {counts['epochs_trained']} epochs trained")
     best = best_trial(study)
     if best is None:
         return line + "; no complete trial yet"
