@@ -38,6 +38,7 @@ OVERRIDES = "overrides"
 # A sweeper records a heartbeat of its running trials; a trial whose heartbeat stopped (a worker
 # killed with SIGKILL) is marked failed by the next worker that asks for a trial.
 HEARTBEAT_S, GRACE_S = 30, 120
+MAX_LEGEND = 12
 PLOTS = {
     "optimization_history": "plot_optimization_history",
     "intermediate_values": "plot_intermediate_values",
@@ -203,6 +204,10 @@ def _save_plots(study: optuna.Study, folder: Path) -> None:
                 axes = getattr(optuna_plots, function)(study)
                 figure = np.ravel(axes)[0].figure
                 figure.set_size_inches(max(figure.get_size_inches()[0], 8), 5)
+                for ax in figure.axes:  # one legend entry per trial: unreadable beyond a dozen
+                    legend = ax.get_legend()
+                    if legend is not None and len(legend.get_texts()) > MAX_LEGEND:
+                        legend.remove()
                 figure.tight_layout()  # warns about the colour bars of some plots
                 figure.savefig(folder / f"{name}.png", dpi=110)
             plt.close(figure)
