@@ -85,7 +85,7 @@ def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
                                                       n_warmup_steps=warmup),
-        "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup + 1),
+        "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, warmup)),
         "threshold": lambda: optuna.pruners.ThresholdPruner(
             **{("lower" if cfg.direction == "maximize" else "upper"): cfg.prune_threshold},
             n_warmup_steps=warmup),
