@@ -158,9 +158,8 @@ def test_label_smoothing_reaches_the_loss():
     assert losses[1] == pytest.approx(expected, rel=1e-5) and losses[0] != losses[1]
 
 
-@pytest.mark.parametrize("preset", [
-    "best_mlp", pytest.param("best_lenet", marks=pytest.mark.slow),
-    pytest.param("speedrun", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["best_mlp", "best_lenet", "speedrun"])
 def test_a_preset_trains_end_to_end_and_gets_its_own_report_rows(preset, tmp_path, store,
                                                                  data_root):
     job = run_in_process([f"+experiment={preset}", "trainer.epochs=2",
