@@ -105,7 +105,12 @@ def study_run(study: optuna.Study, created: bool, config: DictConfig,
         run_id = run.info.run_id
     else:
         run_id = _wait_for_parent(study.study_name, storage)
-        client.update_run(run_id, status="RUNNING")
+        try:
+            client.update_run(run_id, status="RUNNING")
+        except mlflow.exceptions.MlflowException:
+            raise UserError(f"study {study.study_name}'s MLflow run {run_id} is not in the "
+                            f"tracking store {uri}: give the tracking.uri its first worker used, "
+                            "or another hydra.sweeper.study_name") from None
     for key, value in runs.writer_tags().items():
         client.set_tag(run_id, key, value)
     return StudyRun(client, run_id)
