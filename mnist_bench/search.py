@@ -40,6 +40,7 @@ OBJECTIVES = ("val_acc", "val_loss", "train_acc", "train_loss")
 # Trials whose jobs all refuse the same way (no data, a bad fixed override) cannot succeed later.
 SAME_ERROR_STOP = 3
 PARENT_WAIT_S = 60
+NOT_THE_STUDY = ("tracking.", "device.", "data.root=", "data.num_workers=", "resume=")
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,10 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 def default_study_name(experiment: str, space: SearchSpace) -> str:
-    """The same command names the same study, so that running it again continues it."""
-    spec = sorted(space.fixed) + sorted(f"{k}:{d!r}" for k, d in space.distributions.items())
+    """The same command names the same study, so that running it again continues it, also with
+    another store, device or data folder (which do not change what a trial trains)."""
+    fixed = [o for o in space.fixed if not o.lstrip("+~").startswith(NOT_THE_STUDY)]
+    spec = sorted(fixed) + sorted(f"{k}:{d!r}" for k, d in space.distributions.items())
     return f"{experiment}-{hashlib.sha1('|'.join(spec).encode()).hexdigest()[:8]}"
 
 

@@ -238,3 +238,15 @@ def test_an_interrupted_search_ends_killed_and_the_next_run_finishes_it(tmp_path
     check_trials_match_runs(tmp_path, study)
     (parent,), _ = trial_runs(tmp_path, study)
     assert parent.info.status == "FINISHED"
+
+
+def test_the_same_search_names_the_same_study_on_any_store_or_device():
+    from mnist_bench.search import default_study_name
+
+    base = ["optimizer.lr=tag(log, interval(1e-4, 1e-1))", "trainer.epochs=3"]
+    name = default_study_name("mnist_bench", parse_search_space(base))
+    elsewhere = parse_search_space([*base, "tracking.uri=http://127.0.0.1:5000",
+                                    "device.num_threads=1", "data.root=/data"])
+    assert default_study_name("mnist_bench", elsewhere) == name
+    assert default_study_name("mnist_bench", parse_search_space(base[:1])) != name
+    assert default_study_name("other", parse_search_space(base)) != name
