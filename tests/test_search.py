@@ -250,3 +250,16 @@ def test_the_same_search_names_the_same_study_on_any_store_or_device():
     assert default_study_name("mnist_bench", elsewhere) == name
     assert default_study_name("mnist_bench", parse_search_space(base[:1])) != name
     assert default_study_name("other", parse_search_space(base)) != name
+
+
+@pytest.mark.slow
+def test_a_search_runs_its_trials_in_parallel_through_joblib(tmp_path, data_root):
+    proc = run_cli([*SAMPLED, "hydra.sweeper.n_trials=4", "hydra/launcher=joblib",
+                    "hydra.launcher.n_jobs=2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    runs = check_trials_match_runs(tmp_path, study)
+    # two rounds of two trials, each job in a worker process of its own with one thread
+    assert proc.stdout.count("is launching 2 jobs") == 2
+    assert {r.data.tags["torch_threads"] for r in runs.values()} == {"1"}
