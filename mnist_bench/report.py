@@ -299,10 +299,13 @@ def write_table(table: pd.DataFrame, out: Path, name: str) -> str:
 
 def section_title(runs: pd.DataFrame, model: str) -> str:
     """``LeNet-5: learning rates (report Table 2)``; for an epoch variant, e.g.
-    ``LeNet-5, 25 epochs: learning rates``, which the report has no table of."""
+    ``LeNet-5, 25 epochs: learning rates``, which the report has no table of; for labelled runs
+    ``best_lenet (LeNet-5, 30 epochs): learning rates``."""
     rows = runs[runs["model"] == model]
     base = rows.get("base_model", rows["model"]).iloc[0]
     title, number = MODELS.get(base, (base, None))
+    if "tags.label" in rows and rows["tags.label"].fillna("").eq(model).all():
+        return f"{model} ({title}, {rows['epochs'].iloc[0]} epochs): learning rates"
     if model != base:
         return f"{title}, {rows['epochs'].iloc[0]} epochs: learning rates"
     return f"{title}: learning rates" + (f" (report Table {number})" if number else "")
