@@ -72,7 +72,8 @@ def output_of(proc: subprocess.CompletedProcess) -> str:
 
 BAD_VALUES = {
     "unknown model": (["model.name=vgg"],
-                      "model.name='vgg': unknown; allowed: mlp, lenet, resnet18, googlenet"),
+                      "model.name='vgg': unknown; allowed: mlp, lenet, resnet18, googlenet, "
+                      "smallcnn"),
     "unknown optimizer": (["optimizer.name=rmsprop"],
                           "optimizer.name='rmsprop': unknown; allowed: adam, adamw, sgd"),
     "zero lr": (["optimizer.lr=0"], "optimizer.lr=0.0: must be a finite number > 0"),
@@ -105,7 +106,8 @@ BAD_VALUES = {
     "hidden width zero": (["model.hidden=[128,0]"], "model.hidden=[128, 0]: must be a list of "
                           "layer widths, integers >= 1, e.g. [128,32]"),
     "unknown top-level key": (["+foo=bar"], "foo: unknown key (a typo, or a '+' override?); "
-                              "known: data, device, model, optimizer, resume, tracking, trainer"),
+                              "known: augment, data, device, model, optimizer, resume, search, "
+                              "tracking, trainer"),
     "model target": (["model._target_=builtins.print"],
                      "model._target_='builtins.print': model=mlp must build "
                      "mnist_bench.models.mlp.MLP; other targets are refused"),
