@@ -1,0 +1,1 @@
+"""mnist_bench's Optuna sweeper for Hydra: ``--multirun hydra/sweeper=optuna``."""

@@ -1,0 +1,58 @@
+"""Hydra callbacks of the project's commands (listed under ``hydra.callbacks`` in ``conf/``)."""
+
+from __future__ import annotations
+
+import atexit
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mnist_bench.cli import UserError, print_error
+
+
+def create_output_folder(folder: str) -> None:
+    """Create the run's or sweep's folder, or exit 1 with one line saying why it cannot be.
+
+    Hydra would create it a moment later, but a failure there prints chained tracebacks.
+    """
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print_error(f"cannot create the output folder {folder} ({err}); launch from a folder "
+                    "you can write to, or set hydra.run.dir / hydra.sweep.dir")
+        sys.exit(1)
+
+
+class OutputFolderCheck(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        create_output_folder(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        create_output_folder(config.hydra.sweep.dir)
+
+
+class SweepParentRun(Callback):
+    """One parent MLflow run per sweep (``sweep_runs.py``). Hydra skips ``on_multirun_end`` when
+    a job fails, and an interrupt skips it too: an exit handler ends the parent then."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mnist_bench import sweep_runs  # MLflow: imported for sweeps only
+
+        self.parent = None
+        if config.hydra.sweeper.get("_target_") == sweep_runs.OPTUNA_SWEEPER:
+            return
+        try:
+            self.parent = sweep_runs.start_parent(config)
+        except UserError as err:  # e.g. a tracking store that cannot be used: no job could run
+            print_error(str(err))
+            sys.exit(1)
+        atexit.register(sweep_runs.end_parent, self.parent)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mnist_bench import sweep_runs
+
+        if self.parent is not None:
+            sweep_runs.end_parent(self.parent)

@@ -1,0 +1,90 @@
+"""What the command-line entry points share: where the configs live, how a job fails, and that
+nothing read from a tracking store is unpickled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
+
+# Absolute, so that Hydra finds it whether a module runs as __main__ or is imported by a
+# process launcher (hydra/launcher=joblib pickles the task function).
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# MLflow unpickles pickle-format models by default; a tampered store could then run code in
+# whatever loads a model (t-SNE's features). With this off, MLflow refuses such models and checks
+# that a pt2 archive holds no pickle. Every entry point imports this module first.
+os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+# A model read back (predict, t-SNE) would draw a progress bar per artifact folder.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# With a tracking server MLflow prints two links per run on stdout, which holds our summaries.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+class UserError(RuntimeError):
+    """A problem the user can fix; printed without a traceback."""
+
+
+class ReportedError(RuntimeError):
+    """A failure that has been logged, with how its MLflow run ended, before it reaches the
+    entry point; the entry point only sets the exit status."""
+
+
+def first_line(err: Exception, limit: int = 300) -> str:
+    """The first line of an error's message (MLflow's errors carry it in ``.message``)."""
+    text = str(getattr(err, "message", err)).strip()
+    return (text.splitlines() or [type(err).__name__])[0][:limit]
+
+
+def print_error(message: str) -> None:
+    """One error line on stderr, shaped like the job log's, for the moments before Hydra has
+    set the log up (its callbacks, the entry point)."""
+    print(f"[mnist_bench][ERROR] - {message}", file=sys.stderr)
+
+
+class JobFailed(CompactHydraException):
+    """A failed job of a multirun, whose error has been logged. Hydra runs the other jobs, then
+    reports the failure as this one line (a compact exception) and exits 1."""
+
+
+def fail_job(err: Exception) -> NoReturn:
+    """Exit 1; in a multirun, raise instead so that the other jobs still run."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        failed = JobFailed(f"a job of the sweep failed ({first_line(err)}); its run and the "
+                           "others are in MLflow")
+        # for a search, which records why its trial failed and stops on repeated user errors
+        failed.reason, failed.user_error = first_line(err), isinstance(err, UserError)
+        raise failed from None
+    sys.exit(1)
+
+
+_interrupted = False
+
+
+def raise_keyboard_interrupt(signum: int, _frame: object) -> None:
+    """SIGTERM is treated like Ctrl-C, so that what runs ends KILLED, not RUNNING.
+
+    Further SIGTERMs are ignored so that they cannot cut that cleanup short.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"received signal {signum}")
+
+
+def exit_interrupted() -> NoReturn:
+    """Exit 130 after Ctrl-C or SIGTERM. A second Ctrl-C, pressed while the interpreter shuts
+    down, would print a traceback from its threads: from here on both signals are ignored."""
+    global _interrupted
+    _interrupted = True
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(130)
+
+
+def interrupted() -> bool:
+    """Whether this process is exiting after Ctrl-C or SIGTERM (its exit handlers ask)."""
+    return _interrupted

@@ -1,0 +1,468 @@
+"""``python -m mnist_bench.report``: rebuild the report's Tables 1-4 and figures from MLflow runs.
+
+Runs are selected by sweep id, by experiment, or by default the latest sweep. Every table is
+written as Markdown and CSV beside the report's published numbers, the figures as PNG, and an
+``index.md`` ties them together. The same folder is logged as an MLflow run tagged
+``run_type=report``. Failed or diverged runs stay in the tables, marked as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from mnist_bench import plots, seed_stats
+from mnist_bench.cli import UserError
+from mnist_bench.tracking import add_store_args, open_store, read_store
+
+MODELS = {  # model name -> (title, table number of the report it reproduces)
+    "mlp": ("MLP", 1),
+    "lenet": ("LeNet-5", 2),
+    "resnet18": ("ResNet-18", 3),
+    "googlenet": ("GoogLeNet", 2),
+}
+ACCURACIES = ("train_acc", "val_acc", "test_acc")
+PAPER_EPOCHS = 10  # the report's learning-rate sweep
+CURVE_METRICS = ("train_loss", "train_acc", "val_acc")
+NOT_TRAINING = ("report", "tsne", "sweep", "study")
+CELL_FORMATS = {"train_time_s": (1, 1, 0), "test_loss": (1, 3, 3)}  # scale, digits, paper digits
+
+
+SEEDS_LEGEND = (
+    "Cells with several runs (seeds) read *mean ± sd [95 % interval of the mean] (published: "
+    "inside or outside that interval)*; the interval is Student's t, mean ± t(0.975, n-1) sd / "
+    "sqrt(n). Accuracies in percent. Statistics cover the finished runs; `outcome` counts how "
+    "the others ended. A cell whose runs split into some that learned (final validation "
+    "accuracy above 50 %) and some that stayed at chance (below 20 %) is shown as *bimodal* "
+    "with each group's count and mean, not one misleading mean. In Table 4, `verdict` says "
+    "whether the runner-up learning rate's mean lies within the best one's interval (*tied*).")
+
+
+class ReportError(RuntimeError):
+    """Nothing to report on; the message says why."""
+
+
+def published() -> pd.DataFrame:
+    """The report's Tables 1-4 (fractions, not percent); see ``published/README.md``."""
+    with resources.files("mnist_bench.published").joinpath("paper_tables.csv").open() as fh:
+        return pd.read_csv(fh)
+
+
+def latest_sweep_id(experiment: str) -> str:
+    """The sweep of the newest training run (a sweep's parent run may hold no job's)."""
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.sweep_id != ''",
+                              order_by=["start_time DESC"], max_results=200)
+    if not runs.empty and "tags.run_type" in runs:
+        runs = runs[~runs["tags.run_type"].isin(NOT_TRAINING)]
+    if runs.empty:
+        raise ReportError(f"no sweep found in experiment {experiment!r}: run one with "
+                          "`python -m mnist_bench --multirun ...` or pass --experiment/--sweep-id")
+    return runs.iloc[0]["tags.sweep_id"]
+
+
+def load_runs(experiment: str, sweep_ids: str | list[str] | None) -> pd.DataFrame:
+    """Training runs of the selection (one or more sweeps, or the whole experiment), one row
+    per run, with ``model``, ``base_model``, ``epochs``, ``lr`` and ``outcome``.
+
+    Where the selection mixes epoch counts (the report's 10-epoch sweep and its 25-epoch
+    Table 4 protocol), runs trained for other than 10 epochs are labelled ``<model> (<n>
+    epochs)`` and form tables, curves and Table 4 rows of their own; so do runs with a
+    ``tracking.label`` (the presets'), under that label.
+    """
+    sweep_ids = [sweep_ids] if isinstance(sweep_ids, str) else sweep_ids
+    # no sweep: the whole experiment, single runs (which have no sweep_id tag) included
+    filters = [f"tags.sweep_id = '{sweep_id}'" for sweep_id in sweep_ids] if sweep_ids else [""]
+    runs = pd.concat([mlflow.search_runs(experiment_names=[experiment], filter_string=f)
+                      for f in filters], ignore_index=True)
+    if not runs.empty and "tags.run_type" in runs:
+        runs = runs[~runs["tags.run_type"].isin(NOT_TRAINING)]
+    if runs.empty or "tags.model" not in runs:
+        where = f"sweep {', '.join(map(repr, sweep_ids))}" if sweep_ids else "it"
+        raise ReportError(f"no training runs found for {where} in experiment {experiment!r} "
+                          f"at {mlflow.get_tracking_uri()}")
+    epochs = runs["params.trainer.epochs"].astype(int)
+    model = runs["tags.model"]
+    if epochs.nunique() > 1:
+        model = model.where(epochs == PAPER_EPOCHS, model + " (" + epochs.astype(str) + " epochs)")
+    if "tags.label" in runs:  # a preset's runs (tracking.label): rows of their own
+        model = runs["tags.label"].where(runs["tags.label"].fillna("") != "", model)
+    runs = runs.assign(model=model, base_model=runs["tags.model"], epochs=epochs,
+                       lr=runs["params.optimizer.lr"].astype(float),
+                       outcome=runs.apply(_outcome, axis=1))
+    for metric in (*ACCURACIES, "train_time_s", "test_loss", "val_loss"):
+        runs[metric] = runs.get(f"metrics.{metric}")
+    order = {name: i for i, name in enumerate(MODELS)}
+    runs = runs.assign(model_order=runs["model"].map(order).fillna(len(order)))
+    return runs.sort_values(["model_order", "model", "lr"], ascending=[True, True, False])
+
+
+def _outcome(run: pd.Series) -> str:
+    if run.get("tags.diverged") == "true":
+        return "diverged"
+    return {"FINISHED": "ok", "FAILED": "failed", "KILLED": "killed"}.get(run["status"], "running")
+
+
+def has_seeds(runs: pd.DataFrame) -> bool:
+    """Whether some cell (model, learning rate) holds several runs, e.g. one per seed."""
+    return bool(runs.groupby(["model", "lr"]).size().max() > 1)
+
+
+def lr_table(runs: pd.DataFrame, model: str, paper: pd.DataFrame) -> pd.DataFrame:
+    """Tables 1-3: one row per learning rate; measured beside published, delta in points.
+
+    With several runs per learning rate, each row holds their statistics (:func:`seed_cells`).
+    """
+    title, number = MODELS.get(model, (model, None))
+    rows = runs[runs["model"] == model]
+    if has_seeds(runs):
+        table = seed_cells(rows, ACCURACIES)
+    else:
+        table = rows.groupby("lr", sort=False).agg(
+            runs=("run_id", "size"), outcome=("outcome", _worst),
+            **{m: (m, "mean") for m in ACCURACIES}).reset_index()
+    ref = paper[(paper["table"] == number) & paper["lr"].notna()]
+    ref = ref.drop_duplicates("lr").set_index("lr")[list(ACCURACIES)]
+    return _with_published(table, ref.rename(columns=lambda c: f"paper_{c}"), on="lr")
+
+
+def seed_cells(rows: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """One row per learning rate over its finished runs: mean (the metric's own column), sd,
+    min, max and 95 % interval of the mean of each metric, and the runs that learned and that
+    stayed at chance; a cell holding both is ``bimodal``, with each group's mean too."""
+    cells = []
+    for lr, cell in rows.groupby("lr", sort=False):
+        ok = cell[cell["outcome"] == "ok"]
+        learned, at_chance = seed_stats.modes(ok["val_acc"])
+        row = {"lr": lr, "runs": len(cell), "outcome": _outcomes(cell["outcome"]),
+               "learned": learned, "at_chance": at_chance,
+               "bimodal": learned > 0 and at_chance > 0}
+        for metric in metrics:
+            stats = seed_stats.summary(ok[metric].tolist())
+            row |= {metric: stats["mean"], **{f"{metric}_{k}": stats[k] for k in
+                                              ("sd", "min", "max", "ci_low", "ci_high")}}
+            if row["bimodal"]:
+                learned_runs = ok["val_acc"] > seed_stats.LEARNED_ABOVE  # as modes() counts them
+                row[f"{metric}_learned"] = ok.loc[learned_runs, metric].mean()
+                row[f"{metric}_chance"] = ok.loc[ok["val_acc"] < seed_stats.CHANCE_BELOW,
+                                                 metric].mean()
+        cells.append(row)
+    return pd.DataFrame(cells)
+
+
+def _outcomes(outcomes: pd.Series) -> str:
+    """``ok``, or how many runs ended how, e.g. ``4 ok, 1 diverged``."""
+    counts = outcomes.value_counts()
+    return "ok" if set(counts.index) == {"ok"} else ", ".join(f"{n} {o}" for o, n in
+                                                             counts.items())
+
+
+def _worst(outcomes: pd.Series) -> str:
+    """A cell is 'ok' only if every run behind it finished."""
+    bad = [o for o in outcomes if o != "ok"]
+    return bad[0] if bad else "ok"
+
+
+def _with_published(table: pd.DataFrame, ref: pd.DataFrame, on: str) -> pd.DataFrame:
+    """The published columns ``paper_<m>``, ``delta_<m>`` (measured - published) and, with an
+    interval, ``paper_in_ci_<m>``: whether the published value lies in it."""
+    merged = table.merge(ref, how="left", left_on=on, right_index=True)
+    for column in ref.columns:
+        measured = column.removeprefix("paper_")
+        merged[f"delta_{measured}"] = merged[measured] - merged[column]
+        if f"{measured}_ci_low" in merged:
+            merged[f"paper_in_ci_{measured}"] = merged[column].between(
+                merged[f"{measured}_ci_low"], merged[f"{measured}_ci_high"])
+    return merged
+
+
+def best_table(runs: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Table 4: per model, the learning rate with the best (mean) validation accuracy; with
+    seeds, ``verdict`` says whether the runner-up's mean lies within the best one's interval."""
+    finished = runs[runs["outcome"] == "ok"]
+    if finished.empty:
+        raise ReportError("every selected run failed or diverged; no Table 4 can be built")
+    if has_seeds(runs):
+        table = pd.DataFrame([_best_cell(model, rows) for model, rows in
+                              finished.groupby("model", sort=False)])
+    else:
+        best = finished.loc[finished.groupby("model", sort=False)["val_acc"].idxmax()]
+        table = best[["model", "lr", *ACCURACIES, "train_time_s", "test_loss"]]
+        table = table.reset_index(drop=True)
+    # each row beside the published one of its network, e.g. "lenet (25 epochs)" beside lenet's
+    base = runs.get("base_model", runs["model"])
+    table.insert(1, "base_model", table["model"].map(dict(zip(runs["model"], base,
+                                                              strict=True))))
+    ref = paper[paper["table"] == 4].set_index("model")
+    ref = ref[[*ACCURACIES, "train_time_s", "loss"]].rename(columns={"loss": "test_loss"})
+    return _with_published(table, ref.rename(columns=lambda c: f"paper_{c}"), on="base_model")
+
+
+def _best_cell(model: str, rows: pd.DataFrame) -> dict:
+    cells = seed_cells(rows, (*ACCURACIES, "train_time_s", "test_loss"))
+    ranked = cells.sort_values("val_acc", ascending=False).reset_index(drop=True)
+    best = ranked.iloc[0]
+    if len(ranked) == 1:
+        verdict = "only learning rate"
+    elif pd.isna(best["val_acc_ci_low"]):
+        verdict = "best (one run: no interval)"
+    elif ranked.iloc[1]["val_acc"] >= best["val_acc_ci_low"]:
+        verdict = f"tied with lr={ranked.iloc[1]['lr']:g}"
+    else:
+        verdict = "best"
+    return {"model": model, **best.to_dict(), "verdict": verdict}
+
+
+def histories(client: MlflowClient, run_ids: list[str]) -> dict[str, list[dict[str, float]]]:
+    """Per run, one dict of curve metrics per epoch (step), in epoch order."""
+    result = {}
+    for run_id in run_ids:
+        by_step: dict[int, dict[str, float]] = {}
+        for metric in CURVE_METRICS:
+            for point in client.get_metric_history(run_id, metric):
+                by_step.setdefault(point.step, {})[metric] = point.value
+        result[run_id] = [by_step[step] for step in sorted(by_step)]
+    return result
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    """Compact view: each measured value followed by (published, difference).
+
+    Accuracies are shown in percent and differences in percentage points; a failed or diverged
+    run shows its outcome instead of numbers. The CSV keeps every column unformatted.
+    """
+    columns = ("model", "lr", "runs", "outcome", "verdict")
+    shown = pd.DataFrame({k: table[k] for k in columns if k in table})
+    for metric in (*ACCURACIES, "train_time_s", "test_loss"):
+        if metric in table:
+            cell = _seed_cell if f"{metric}_sd" in table else _cell
+            shown[metric] = [cell(row, metric) for _, row in table.iterrows()]
+    return shown.to_markdown(index=False)
+
+
+def _seed_cell(row: pd.Series, metric: str) -> str:
+    """``mean ± sd [95 % interval] (published: inside/outside)``, or the two groups of a
+    bimodal cell, or the outcome where no run finished."""
+    scale, digits, paper_digits = CELL_FORMATS.get(metric, (100, 2, 1))
+
+    def number(key: str) -> str:
+        return f"{scale * row[key]:.{digits}f}"
+
+    if row.get("bimodal") and metric in ACCURACIES:
+        return (f"bimodal: {row['learned']} learned ({number(f'{metric}_learned')}), "
+                f"{row['at_chance']} at chance ({number(f'{metric}_chance')})")
+    if pd.isna(row[metric]):
+        return str(row["outcome"])
+    text = number(metric)
+    has_interval = pd.notna(row[f"{metric}_ci_low"])
+    if has_interval:
+        text += (f" ± {number(f'{metric}_sd')} "
+                 f"[{number(f'{metric}_ci_low')}, {number(f'{metric}_ci_high')}]")
+    paper = row.get(f"paper_{metric}")
+    if pd.notna(paper):
+        if has_interval:
+            where = "inside" if row[f"paper_in_ci_{metric}"] else "outside"
+        else:
+            where = f"{scale * row[f'delta_{metric}']:+.{digits}f}"
+        text += f" ({scale * paper:.{paper_digits}f}: {where})"
+    return text
+
+
+def _cell(row: pd.Series, metric: str) -> str:
+    if row.get("outcome", "ok") != "ok":
+        return str(row["outcome"])
+    scale, digits, paper_digits = CELL_FORMATS.get(metric, (100, 2, 1))
+    value, text = row[metric], ""
+    if pd.notna(value):
+        text = f"{scale * value:.{digits}f}"
+    paper = row.get(f"paper_{metric}")
+    if pd.notna(paper):
+        delta = scale * row[f"delta_{metric}"]
+        text += f" ({scale * paper:.{paper_digits}f}, {delta:+.{digits}f})"
+    return text
+
+
+def write_table(table: pd.DataFrame, out: Path, name: str) -> str:
+    table.to_csv(out / f"{name}.csv", index=False)
+    text = _markdown(table)
+    (out / f"{name}.md").write_text(text + "\n")
+    return text
+
+
+def section_title(runs: pd.DataFrame, model: str) -> str:
+    """``LeNet-5: learning rates (report Table 2)``; for an epoch variant, e.g.
+    ``LeNet-5, 25 epochs: learning rates``, which the report has no table of; for labelled runs
+    ``best_lenet (LeNet-5, 30 epochs): learning rates``."""
+    rows = runs[runs["model"] == model]
+    base = rows.get("base_model", rows["model"]).iloc[0]
+    title, number = MODELS.get(base, (base, None))
+    if "tags.label" in rows and rows["tags.label"].fillna("").eq(model).all():
+        return f"{model} ({title}, {rows['epochs'].iloc[0]} epochs): learning rates"
+    if model != base:
+        return f"{title}, {rows['epochs'].iloc[0]} epochs: learning rates"
+    return f"{title}: learning rates" + (f" (report Table {number})" if number else "")
+
+
+def slug(model: str) -> str:
+    """A file name part: ``lenet (25 epochs)`` becomes ``lenet_25_epochs``."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", model).strip("_")
+
+
+def lr_label(lr: float, n_runs: int) -> str:
+    return f"lr={lr:g}" + (f" ({n_runs} runs)" if n_runs > 1 else "")
+
+
+def curves_by_model(runs: pd.DataFrame,
+                    curves: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list]]:
+    """``{model title: {lr label: [per-epoch history of each run at that lr]}}``, the input of
+    the curve figures: one line per learning rate, the mean over its runs (seeds) in a band."""
+    return {MODELS.get(model, (model,))[0]:
+            {lr_label(lr, len(cell)): [curves[run_id] for run_id in cell["run_id"]]
+             for lr, cell in rows.groupby("lr", sort=False)}
+            for model, rows in runs.groupby("model", sort=False)}
+
+
+def _time_bars(rows: pd.DataFrame) -> tuple[dict, dict]:
+    """Mean training time per learning rate over finished runs, and its sd where runs repeat."""
+    ok = rows[rows["outcome"] == "ok"].groupby("lr", sort=False)["train_time_s"]
+    means, sds, sizes = ok.mean(), ok.std(), ok.size()
+    names = {lr: lr_label(lr, sizes[lr]) for lr in means.index}
+    return ({names[v]: t for v, t in means.items()},
+            {names[v]: s for v, s in sds.items() if pd.notna(s)})
+
+
+def write_figures(runs: pd.DataFrame, table4: pd.DataFrame, curves: dict, out: Path) -> list[str]:
+    """Per model curves and time bars (Figures 18-27), plus an overview; returns file names."""
+    names = []
+    overview = curves_by_model(runs, curves)
+    for (model, rows), (title, by_lr) in zip(runs.groupby("model", sort=False),
+                                             overview.items(), strict=True):
+        plots.save(plots.plot_curves(by_lr, CURVE_METRICS, title=title),
+                   out / f"{slug(model)}_curves.png")
+        times, errors = _time_bars(rows)
+        plots.save(plots.plot_bars(times, "training time (s)", f"{title}: training time",
+                                   errors), out / f"{slug(model)}_train_time.png")
+        names += [f"{slug(model)}_curves.png", f"{slug(model)}_train_time.png"]
+    plots.save(plots.plot_overview(overview), out / "overview_val_acc.png")
+    best_times = dict(zip(table4["model"], table4["train_time_s"], strict=True))
+    best_sds = dict(zip(table4["model"], table4.get("train_time_s_sd", [None] * len(table4)),
+                        strict=True))
+    plots.save(plots.plot_bars(best_times, "training time (s)", "Training time at the best lr",
+                               {k: v for k, v in best_sds.items() if pd.notna(v)}),
+               out / "train_time_best.png")
+    return [*names, "overview_val_acc.png", "train_time_best.png"]
+
+
+def build_report(runs: pd.DataFrame, out: Path, selection: str) -> Path:
+    """Write tables, figures and ``index.md`` for ``runs`` into ``out``; returns the index."""
+    out.mkdir(parents=True, exist_ok=True)
+    paper = published()
+    sections = [f"# MNIST model comparison: {selection}\n",
+                f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {len(runs)} "
+                f"MLflow runs at `{mlflow.get_tracking_uri()}`. "
+                + (SEEDS_LEGEND if has_seeds(runs) else
+                   "Each cell reads *measured (published, measured - published)*; accuracies in "
+                   "percent, differences in percentage points.")
+                + " The CSV files hold the raw columns.\n"]
+    for model in runs["model"].unique():
+        text = write_table(lr_table(runs, model, paper), out, f"table_{slug(model)}")
+        sections.append(f"## {section_title(runs, model)}\n\n{text}\n")
+    table4 = best_table(runs, paper)
+    text = write_table(table4, out, "table4_best")
+    sections.append("## Best learning rate per model (report Table 4)\n\nChosen by final "
+                    "validation accuracy (its mean over the runs of a cell); loss is the test "
+                    f"cross-entropy.\n\n{text}\n")
+    curves = histories(MlflowClient(), runs["run_id"].tolist())
+    figures = write_figures(runs, table4, curves, out)
+    sections.append("## Figures\n\n" + "\n\n".join(f"![{f}]({f})" for f in figures) + "\n")
+    index = out / "index.md"
+    index.write_text("\n".join(sections))
+    return index
+
+
+def log_report(out: Path, experiment: str, selection: str, sweep_id: str | None) -> str:
+    tags = {"run_type": "report", "report_for": selection}
+    if sweep_id:
+        tags["report_for_sweep"] = sweep_id
+    open_store(mlflow.get_tracking_uri(), experiment)
+    with mlflow.start_run(run_name=f"report: {selection}", tags=tags) as run:
+        mlflow.log_artifacts(str(out), "report")
+    return run.info.run_id
+
+
+def add_selection_args(parser: argparse.ArgumentParser) -> None:
+    """The options that select runs, shared by the commands that read a sweep's runs."""
+    parser.add_argument("--sweep-id", action="append",
+                        help="select the runs tagged with this sweep_id; repeat it to select "
+                             "several sweeps together (e.g. the 10-epoch sweep and the 25-epoch "
+                             "Table 4 protocol)")
+    parser.add_argument("--all-runs", action="store_true",
+                        help="select every training run of the experiment instead of one sweep")
+    add_store_args(parser)
+
+
+@dataclass
+class Selection:
+    runs: pd.DataFrame
+    description: str       # "sweep <id>" or "experiment <name>"
+    sweep_id: str | None   # the sweep ids joined by " + "; None for a whole experiment
+
+
+def select_runs(args: argparse.Namespace) -> Selection:
+    """The runs that ``add_selection_args``' options select, from the store they name."""
+    try:
+        read_store(args)
+    except UserError as err:
+        raise ReportError(str(err)) from None
+    if mlflow.get_experiment_by_name(args.experiment) is None:
+        raise ReportError(f"experiment {args.experiment!r} does not exist at "
+                          f"{mlflow.get_tracking_uri()}")
+    if any("'" in sweep_id for sweep_id in args.sweep_id or []):
+        raise ReportError("--sweep-id: sweep ids hold no quote ('); check the value")
+    sweep_ids = None if args.all_runs else args.sweep_id or [latest_sweep_id(args.experiment)]
+    sweep_ids = list(dict.fromkeys(sweep_ids)) if sweep_ids else None  # each sweep once
+    sweep_id = " + ".join(sweep_ids) if sweep_ids else None
+    description = f"sweep {sweep_id}" if sweep_id else f"experiment {args.experiment}"
+    return Selection(load_runs(args.experiment, sweep_ids), description, sweep_id)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mnist_bench.report",
+        description="Rebuild the report's Tables 1-4 and figures from tracked MLflow runs, "
+                    "beside the published numbers. Default selection: the latest sweep.")
+    add_selection_args(parser)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: reports/<sweep id or experiment>)")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        chosen = select_runs(args)
+        out = args.out or Path("reports") / (chosen.sweep_id or args.experiment).replace(
+            "/", "_").replace(" + ", "+")
+        index = build_report(chosen.runs, out, chosen.description)
+    except ReportError as err:
+        print(f"mnist_bench.report: {err}", file=sys.stderr)
+        return 2
+    run_id = "" if args.no_log else log_report(out, args.experiment, chosen.description,
+                                               chosen.sweep_id)
+    failed = (chosen.runs["outcome"] != "ok").sum()
+    print(f"report for {chosen.description}: {len(chosen.runs)} runs ({failed} failed or "
+          f"diverged) -> {index}" + (f" (MLflow run {run_id})" if run_id else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
