@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnist_bench.cli import CONF_DIR, UserError, first_line, print_error
 from mnist_bench.search_space import SearchSpace
+from mnist_bench.store_lock import sqlite_lock
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search logs its own lines
@@ -62,8 +63,12 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage that waits for a busy SQLite file instead of failing at once."""
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                          heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        with sqlite_lock(url, "Optuna storage"):  # two workers may create its tables at once
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                              heartbeat_interval=HEARTBEAT_S,
+                                              grace_period=GRACE_S)
+    except UserError:
+        raise
     except Exception as err:  # SQLAlchemy: bad URL, missing driver, server not answering
         raise UserError(f"Optuna storage {redacted(url)} cannot be used: {first_line(err)}") \
             from None

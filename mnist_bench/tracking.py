@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -35,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_bench import data, metrics, plots
 from mnist_bench.cli import UserError
 from mnist_bench.models.classifier import CONTRACT, DigitClassifier
+from mnist_bench.store_lock import sqlite_lock
 from mnist_bench.train import DivergedError, PrunedError
 
 log = logging.getLogger(__name__)
@@ -80,22 +80,6 @@ def existing_store(uri: str) -> str:
     return uri
 
 
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """An exclusive lock, across the processes of this machine, on a SQLite store: a file beside
-    it (``mlflow.db.lock``). Other stores are servers, which serialise their clients."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    db = Path(uri.removeprefix("sqlite:///"))
-    if not db.parent.is_dir():
-        raise UserError(f"tracking store {uri}: the folder {db.parent} does not exist; create "
-                        "it or choose another tracking.uri")
-    with db.with_name(db.name + ".lock").open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed
-        yield
-
-
 def open_store(uri: str, experiment: str) -> None:
     """Use the tracking store at ``uri`` and its ``experiment``, creating either if need be;
     :class:`UserError` in one line if the store cannot be used (a server that does not answer,
@@ -109,7 +93,7 @@ def open_store(uri: str, experiment: str) -> None:
     _check_server_answers(uri)
     mlflow.set_tracking_uri(uri)
     # held: an interrupt while MLflow creates a new store's tables leaves them half made
-    with _store_lock(uri), signals_held():
+    with sqlite_lock(uri, "tracking store"), signals_held():
         try:
             _set_experiment(experiment)
         except Exception as err:  # MlflowException, SQLAlchemy's errors, OSError ...

@@ -210,7 +210,9 @@ def test_two_workers_at_once_share_one_study(tmp_path, data_root):
     # a worker asks for a trial only while fewer than n_trials are finished or running: two
     # that ask at the same moment may run one more between them
     assert 6 <= len(study.trials) <= 7
-    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    # nothing lost: every trial finished (the median pruner may stop some after 5 trials)
+    states = [t.state for t in study.trials]
+    assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}, states
     runs = check_trials_match_runs(tmp_path, study)
     # both workers ran trials of the study, in their own sweep folders
     assert len({r.data.tags["sweep_id"] for r in runs.values()}) == 2
