@@ -1,1 +1,0 @@
-"""mnist_bench's Optuna sweeper for Hydra: ``--multirun hydra/sweeper=optuna``."""
