@@ -49,17 +49,19 @@ def print_error(message: str) -> None:
 
 class JobFailed(CompactHydraException):
     """A failed job of a multirun, whose error has been logged. Hydra runs the other jobs, then
-    reports the failure as this one line (a compact exception) and exits 1."""
+    reports the failure as this one line (a compact exception) and exits 1. ``reason`` and
+    ``user_error`` tell a search why its trial failed (it stops on repeated user errors)."""
+
+    def __init__(self, err: Exception) -> None:
+        self.reason, self.user_error = first_line(err), isinstance(err, UserError)
+        super().__init__(f"a job of the sweep failed ({self.reason}); its run and the others "
+                         "are in MLflow")
 
 
 def fail_job(err: Exception) -> NoReturn:
     """Exit 1; in a multirun, raise instead so that the other jobs still run."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        failed = JobFailed(f"a job of the sweep failed ({first_line(err)}); its run and the "
-                           "others are in MLflow")
-        # for a search, which records why its trial failed and stops on repeated user errors
-        failed.reason, failed.user_error = first_line(err), isinstance(err, UserError)
-        raise failed from None
+        raise JobFailed(err) from None
     sys.exit(1)
 
 

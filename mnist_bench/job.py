@@ -85,6 +85,13 @@ def load_resume_state(cfg: DictConfig, held: contextlib.ExitStack,
     return state
 
 
+def launcher_jobs(launcher: DictConfig) -> int:
+    """Jobs the launcher runs at once: joblib's ``n_jobs`` as joblib reads it (-1: one per
+    core, -2: all cores but one ...); 1 for launchers without it."""
+    n_jobs = launcher.get("n_jobs") or 1
+    return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+
+
 def launcher_threads() -> int | None:
     """CPU threads per job that the launcher implies: submitit's ``cpus_per_task``, or the
     cores shared among joblib's ``n_jobs`` (negative as joblib reads it: -1, one job per core);
@@ -95,9 +102,7 @@ def launcher_threads() -> int | None:
         return launcher.get("cpus_per_task")
     if "joblib" not in target:
         return None
-    cores = os.cpu_count() or 1
-    n_jobs = launcher.get("n_jobs") or 1
-    return max(1, cores // max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs))
+    return max(1, (os.cpu_count() or 1) // launcher_jobs(launcher))
 
 
 def job_context() -> tuple[Path, Path, dict[str, str]]:

@@ -16,7 +16,6 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -32,7 +31,8 @@ from optuna.trial import Trial, TrialState
 
 from mnist_bench import runs, tracking
 from mnist_bench import study as studies
-from mnist_bench.cli import UserError, first_line, interrupted
+from mnist_bench.cli import JobFailed, UserError, first_line, interrupted
+from mnist_bench.job import launcher_jobs
 from mnist_bench.search_space import SearchSpace, parse_search_space
 
 log = logging.getLogger("mnist_bench")
@@ -70,10 +70,7 @@ def default_study_name(experiment: str, space: SearchSpace) -> str:
 
 def parallel_trials(cfg: DictConfig, launcher_cfg: DictConfig) -> int:
     """``n_jobs``, else as many trials per round as the launcher runs at once."""
-    if cfg.n_jobs is not None:
-        return cfg.n_jobs
-    n_jobs = launcher_cfg.get("n_jobs") or 1
-    return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    return cfg.n_jobs if cfg.n_jobs is not None else launcher_jobs(launcher_cfg)
 
 
 def open_study(cfg: DictConfig, name: str, storage: optuna.storages.BaseStorage,
@@ -178,7 +175,8 @@ def tell(study: optuna.Study, trial: Trial, result: JobReturn, direction: str) -
     """Record how the trial's job ended; returns a line for the log."""
     frozen = frozen_trial(study, trial)
     if result.status != JobStatus.COMPLETED:
-        error = getattr(result._return_value, "reason", None) or first_line(result._return_value)
+        failure = result._return_value
+        error = failure.reason if isinstance(failure, JobFailed) else first_line(failure)
         trial.set_user_attr(studies.JOB_FAILED, error)
         finish(study, trial, state=TrialState.FAIL)
         return f"failed ({error})"
@@ -259,7 +257,8 @@ def run_rounds(study: optuna.Study, storage, space: SearchSpace, launcher, valid
         for trial, result in zip(trials, results, strict=True):
             log.info("trial %d: %s", trial.number, tell(study, trial, result, direction))
             error = result._return_value if result.status == JobStatus.FAILED else None
-            user_errors = [*user_errors, error.reason] if getattr(error, "user_error", 0) else []
+            refused = isinstance(error, JobFailed) and error.user_error
+            user_errors = [*user_errors, error.reason] if refused else []
         if len(user_errors) >= SAME_ERROR_STOP and len(set(user_errors)) == 1:
             raise UserError(f"the search stops: its last {len(user_errors)} trials were refused "
                             f"alike ({user_errors[0]})")
@@ -280,10 +279,8 @@ def end_study_run(study: optuna.Study, parent: StudyRun, direction: str, status:
 def _end_study_run(study: optuna.Study, parent: StudyRun, direction: str, status: str,
                    sweep_dir: Path) -> None:
     client, run_id = parent.client, parent.run_id
-    with tempfile.TemporaryDirectory() as folder:
-        summary = studies.write_summary(study, Path(folder), direction)
-        client.log_artifacts(run_id, folder, "study")
-        studies.write_summary(study, sweep_dir / "study", direction)
+    summary = studies.write_summary(study, sweep_dir / "study", direction)
+    client.log_artifacts(run_id, str(sweep_dir / "study"), "study")
     counts, best = summary["counts"], summary["best"]
     for key, value in counts.items():
         client.log_metric(run_id, key, value)

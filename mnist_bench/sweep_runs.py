@@ -20,13 +20,14 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from hydra_plugins.mnist_bench_optuna.optuna_sweeper import OptunaSweeperConf
 from mnist_bench import runs, tracking
 from mnist_bench.cli import interrupted
 
 log = logging.getLogger(__name__)
 SWEEP = "sweep"
 # A search's study is the parent run of its trials (search.py) instead of a sweep's parent.
-OPTUNA_SWEEPER = "hydra_plugins.mnist_bench_optuna.optuna_sweeper.OptunaSweeper"
+OPTUNA_SWEEPER = OptunaSweeperConf._target_
 
 
 @dataclass(frozen=True)
