@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
-import signal
 
 import hydra
 from omegaconf import DictConfig
@@ -21,8 +20,9 @@ from mnist_bench.cli import (
     UserError,
     exit_interrupted,
     fail_job,
+    handle_interrupts,
+    interrupted,
     print_error,
-    raise_keyboard_interrupt,
 )
 from mnist_bench.config import config_problems, register_configs
 
@@ -62,9 +62,15 @@ if __name__ == "__main__":
     from mnist_bench.__main__ import main as importable_main
 
     # Also before any job runs (a sweep's parent run exists from the start): SIGTERM as Ctrl-C.
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    handle_interrupts()
+    stopped = False
     try:
         importable_main()
     except KeyboardInterrupt:  # outside any job, e.g. while Hydra starts a sweep
+        stopped = True
+    except SystemExit as end:  # a signal whose KeyboardInterrupt library code turned into an error
+        if end.code == 130 or not interrupted():
+            raise
+    if stopped or interrupted():  # also a signal that came after a sweep's last job
         print_error("interrupted")
         exit_interrupted()

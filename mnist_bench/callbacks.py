@@ -10,7 +10,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mnist_bench.cli import UserError, print_error
+from mnist_bench.cli import UserError, defer_signals, print_error, raise_if_interrupted
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 def create_output_folder(folder: str) -> None:
@@ -56,3 +58,21 @@ class SweepParentRun(Callback):
 
         if self.parent is not None:
             sweep_runs.end_parent(self.parent)
+
+
+class SignalsBetweenJobs(Callback):
+    """In a sweep whose jobs run in this process, Ctrl-C or SIGTERM between two jobs stops the
+    sweep as the next job starts (``__main__`` acts on one after the last job): raised at once,
+    while Hydra composes the next job's config, its KeyboardInterrupt can surface as an
+    unrelated config error. Other launchers' jobs run elsewhere, and this process only waits."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.in_process = config.hydra.launcher.get("_target_") == BASIC_LAUNCHER
+        defer_signals(self.in_process)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        defer_signals(False)
+        raise_if_interrupted()
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        defer_signals(getattr(self, "in_process", False))

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -65,28 +68,81 @@ def fail_job(err: Exception) -> NoReturn:
     sys.exit(1)
 
 
-_interrupted = False
+_signal_received: int | None = None  # the first SIGINT or SIGTERM, once one has come
+_signals_deferred = False
+_exiting_interrupted = False
 
 
-def raise_keyboard_interrupt(signum: int, _frame: object) -> None:
-    """SIGTERM is treated like Ctrl-C, so that what runs ends KILLED, not RUNNING.
+def on_interrupt(signum: int, _frame: object) -> None:
+    """SIGINT and SIGTERM: recorded, then raised as KeyboardInterrupt so that what runs ends
+    KILLED, not RUNNING, unless signals are deferred (``signals_held``, between a sweep's jobs).
 
-    Further SIGTERMs are ignored so that they cannot cut that cleanup short.
+    Library code can swallow the raised exception (an ``except BaseException``, a finalizer);
+    the record stays, and ``raise_if_interrupted`` raises it again at the next epoch or job.
+    Later signals are only recorded, so that they cannot cut short the cleanup of the first.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(f"received signal {signum}")
+    global _signal_received
+    if _signal_received is not None:
+        return
+    _signal_received = signum
+    if not _signals_deferred:
+        raise KeyboardInterrupt(f"received signal {signum}")
+
+
+def handle_interrupts() -> None:
+    """Route SIGINT and SIGTERM to ``on_interrupt``; a signal the process ignores stays ignored
+    (a background job started without job control ignores SIGINT)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) not in (signal.SIG_IGN, on_interrupt):
+            signal.signal(sig, on_interrupt)
+
+
+def defer_signals(deferred: bool) -> None:
+    """While deferred, a signal is recorded only; it is acted on at the next
+    ``raise_if_interrupted``."""
+    global _signals_deferred
+    _signals_deferred = deferred
+
+
+def raise_if_interrupted() -> None:
+    if _signal_received is not None:
+        raise KeyboardInterrupt(f"received signal {_signal_received}")
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block's writes are done, then raise KeyboardInterrupt
+    if one came: an interrupt inside a SQLite transaction leaves the store locked. A signal the
+    process ignores stays ignored. Main thread only (Python delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) != signal.SIG_IGN}
+    came_before, deferred_before = _signal_received, _signals_deferred
+    for sig in previous:
+        signal.signal(sig, on_interrupt)
+    defer_signals(True)
+    try:
+        yield
+    finally:
+        defer_signals(deferred_before)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if came_before is None and not deferred_before:
+        raise_if_interrupted()
 
 
 def exit_interrupted() -> NoReturn:
     """Exit 130 after Ctrl-C or SIGTERM. A second Ctrl-C, pressed while the interpreter shuts
     down, would print a traceback from its threads: from here on both signals are ignored."""
-    global _interrupted
-    _interrupted = True
+    global _exiting_interrupted
+    _exiting_interrupted = True
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     sys.exit(130)
 
 
 def interrupted() -> bool:
-    """Whether this process is exiting after Ctrl-C or SIGTERM (its exit handlers ask)."""
-    return _interrupted
+    """Whether this process has received Ctrl-C or SIGTERM (its exit handlers ask)."""
+    return _signal_received is not None or _exiting_interrupted

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnist_bench import checkpoint, runs, sweep_runs, tracking
-from mnist_bench.cli import UserError, raise_keyboard_interrupt
+from mnist_bench.cli import UserError, handle_interrupts, raise_if_interrupted, signals_held
 from mnist_bench.config import build
 from mnist_bench.data import DataError, build_splits, unit_pixels
 from mnist_bench.train import (
@@ -196,14 +195,14 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
     log.info("%s (%s parameters) on %s, %d training images", model_name, f"{n_params:,}",
              device, splits.n_train)
 
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    handle_interrupts()
     # Ctrl-C and SIGTERM wait while MLflow writes (signals_held): an interrupt inside a SQLite
     # transaction leaves the store locked, and the run could then not be ended.
     name = cfg.tracking.run_name or run_name(cfg)
     run_id = state["mlflow_run_id"] if state else None
     try:
         with tracking.mlflow_run(run_id, name, tags) as run_id:
-            with tracking.signals_held():
+            with signals_held():
                 if state is None:
                     tracking.log_config(cfg, output_dir / ".hydra")
                     tracking.log_datasets(cfg.data)
@@ -215,7 +214,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
             def end_of_epoch(epoch: int, row: dict[str, float]) -> None:
                 # Checkpoint first: MLflow never holds an epoch that no checkpoint holds, so a
                 # resumed run never logs an epoch twice (log_missing_epochs fills the other gap).
-                with tracking.signals_held():
+                with signals_held():
                     checkpoint.save_checkpoint(
                         ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                         epoch=epoch, rng=checkpoint.rng_state(splits.generator),
@@ -224,12 +223,13 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
                     tracking.log_epoch(epoch, row)
                     if search is not None:  # may stop the trial here (PrunedError)
                         search.report(epoch, row)
+                raise_if_interrupted()  # a signal whose KeyboardInterrupt was swallowed
 
             result = fit(model, optimizer, splits, cfg.trainer, cfg.device, device,
                          step_model=step_model, result=result, on_epoch_end=end_of_epoch,
                          augment_cfg=cfg.augment)
             test = evaluate(step_model, splits.test, device, cfg.device)
-            with tracking.signals_held():
+            with signals_held():
                 mlflow.log_metrics({"test_acc": test.acc, "test_loss": test.loss,
                                     "best_val_acc": result.best_val_acc,
                                     "train_time_s": result.train_time_s, "n_params": n_params})

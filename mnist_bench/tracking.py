@@ -12,10 +12,8 @@ import contextlib
 import hashlib
 import logging
 import os
-import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 import warnings
@@ -32,7 +30,7 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_bench import data, metrics, plots
-from mnist_bench.cli import UserError
+from mnist_bench.cli import UserError, signals_held
 from mnist_bench.models.classifier import CONTRACT, DigitClassifier
 from mnist_bench.store_lock import sqlite_lock
 from mnist_bench.train import DivergedError, PrunedError
@@ -185,29 +183,6 @@ def mlflow_run(run_id: str | None, run_name: str, tags: Mapping[str, str]) -> It
         raise
     else:
         end_run(run_id, "FINISHED")
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block's MLflow writes are done, then raise
-    KeyboardInterrupt if one came: an interrupt inside a SQLite transaction leaves the store
-    locked, and a second Ctrl-C must not cut short the writes that end a run. A signal the
-    process ignores stays ignored. Main thread only (Python delivers signals there)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(sig) != signal.SIG_IGN}
-    for sig in previous:
-        signal.signal(sig, lambda signum, _frame: received.append(signum))
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if received:
-        raise KeyboardInterrupt(f"received signal {received[0]} while MLflow was writing")
 
 
 def end_run(run_id: str, status: str, tags: Mapping[str, str] | None = None,

@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
+from mnist_bench import cli
 from mnist_bench.__main__ import run_job
 from mnist_bench.cli import CONF_DIR
 from mnist_bench.data import DataError, ensure_mnist
@@ -157,3 +158,11 @@ def copy_store(template: Path, folder: Path) -> str:
 def store(tmp_path, store_template) -> str:
     """A fresh store in the test's folder (its launch folder's default ``mlflow.db``)."""
     return copy_store(store_template, tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def no_signal_received(monkeypatch):
+    """A signal sent to pytest's own process by one test must not stop the next test's jobs:
+    each command starts as a fresh process with nothing received."""
+    monkeypatch.setattr(cli, "_signal_received", None)
+    monkeypatch.setattr(cli, "_signals_deferred", False)

@@ -891,6 +891,56 @@ def test_a_signal_as_a_sweep_starts_ends_its_parent_run_killed_in_one_line(tmp_p
     assert {r.info.status for r in all_runs(store)} == {"KILLED"}
 
 
+MISHANDLING_CALLBACKS = '''
+import os, signal, time
+from hydra.experimental.callback import Callback
+
+
+def signal_mishandled(turn_into_error):
+    """SIGTERM where library code mishandles the KeyboardInterrupt it raises: swallows it (an
+    ``except BaseException``, a finalizer) or turns it into another error (OmegaConf did so
+    while Hydra composed a job's config)."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    except KeyboardInterrupt:
+        if turn_into_error:
+            raise ValueError("an unrelated error") from None
+
+
+class SwallowedAsTheFirstJobStarts(Callback):
+    def on_job_start(self, config, **kwargs):
+        if config.hydra.job.num == 0:
+            signal_mishandled(turn_into_error=False)
+
+
+class TurnedIntoAnErrorBeforeTheFirstJob(Callback):
+    def on_multirun_start(self, config, **kwargs):
+        signal_mishandled(turn_into_error=True)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("callback", "job_epochs"), [
+    ("SwallowedAsTheFirstJobStarts", [1]),  # the job stops at its first epoch's end
+    ("TurnedIntoAnErrorBeforeTheFirstJob", None),  # held until the first job starts
+])
+def test_a_signal_that_library_code_mishandles_still_stops_the_sweep(tmp_path, store, callback,
+                                                                     job_epochs):
+    (tmp_path / "mishandling.py").write_text(MISHANDLING_CALLBACKS)
+    proc = run_cli(["--multirun", *FAST, "optimizer.lr=0.001,0.002", "trainer.epochs=5",
+                    f"+hydra.callbacks.mishandling._target_=mishandling.{callback}",
+                    f"tracking.uri={store}"], cwd=tmp_path)
+    assert proc.returncode == INTERRUPTED, output_of(proc)
+    assert "Traceback" not in proc.stderr and "unrelated" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("ended KILLED")
+    by_type = {r.data.tags.get("run_type", "job"): r for r in all_runs(store)}
+    assert len(all_runs(store)) == len(by_type) == (1 if job_epochs is None else 2)
+    assert {r.info.status for r in by_type.values()} == {"KILLED"}  # the sweep's and the job's
+    if job_epochs is not None:
+        assert [step for step, _ in history(store, by_type["job"].info.run_id, "val_acc")] \
+            == job_epochs
+
 def test_a_sweep_refused_before_any_job_leaves_no_parent_run(tmp_path, store):
     proc = run_cli(["--multirun", *FAST, "trainer.epochs=1,abc", f"tracking.uri={store}"],
                    cwd=tmp_path)
