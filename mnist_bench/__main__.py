@@ -20,9 +20,7 @@ from mnist_bench.cli import (
     UserError,
     exit_interrupted,
     fail_job,
-    handle_interrupts,
-    interrupted,
-    print_error,
+    run_command,
 )
 from mnist_bench.config import config_problems, register_configs
 
@@ -56,21 +54,14 @@ def main(cfg: DictConfig) -> float:
         exit_interrupted()
 
 
-if __name__ == "__main__":
+def cli_main() -> None:
+    """``python -m mnist_bench`` and the ``mnist-bench`` command."""
     # Run the copy imported as mnist_bench.__main__: a process launcher (hydra/launcher=joblib)
     # pickles the job by reference to that module, and cannot pickle functions of __main__.
     from mnist_bench.__main__ import main as importable_main
 
-    # Also before any job runs (a sweep's parent run exists from the start): SIGTERM as Ctrl-C.
-    handle_interrupts()
-    stopped = False
-    try:
-        importable_main()
-    except KeyboardInterrupt:  # outside any job, e.g. while Hydra starts a sweep
-        stopped = True
-    except SystemExit as end:  # a signal whose KeyboardInterrupt library code turned into an error
-        if end.code == 130 or not interrupted():
-            raise
-    if stopped or interrupted():  # also a signal that came after a sweep's last job
-        print_error("interrupted")
-        exit_interrupted()
+    run_command(importable_main)
+
+
+if __name__ == "__main__":
+    cli_main()

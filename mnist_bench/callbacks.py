@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mnist_bench.cli import UserError, defer_signals, print_error, raise_if_interrupted
+from mnist_bench.cli import (
+    UserError,
+    print_error,
+    raise_if_interrupted,
+    set_between_jobs,
+    signals_held,
+)
 
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
@@ -47,11 +54,12 @@ class SweepParentRun(Callback):
         if config.hydra.sweeper.get("_target_") == sweep_runs.OPTUNA_SWEEPER:
             return
         try:
-            self.parent = sweep_runs.start_parent(config)
+            with signals_held():  # the parent run is not created without its exit handler
+                self.parent = sweep_runs.start_parent(config)
+                atexit.register(sweep_runs.end_parent, self.parent)
         except UserError as err:  # e.g. a tracking store that cannot be used: no job could run
             print_error(str(err))
             sys.exit(1)
-        atexit.register(sweep_runs.end_parent, self.parent)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from mnist_bench import sweep_runs
@@ -61,18 +69,19 @@ class SweepParentRun(Callback):
 
 
 class SignalsBetweenJobs(Callback):
-    """In a sweep whose jobs run in this process, Ctrl-C or SIGTERM between two jobs stops the
-    sweep as the next job starts (``__main__`` acts on one after the last job): raised at once,
-    while Hydra composes the next job's config, its KeyboardInterrupt can surface as an
+    """In a sweep whose jobs run in this process, a first Ctrl-C or SIGTERM between two jobs
+    stops the sweep as the next job starts (after the last job: as the command ends). Raised at
+    once, while Hydra composes the next job's config, its KeyboardInterrupt can surface as an
     unrelated config error. Other launchers' jobs run elsewhere, and this process only waits."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.in_process = config.hydra.launcher.get("_target_") == BASIC_LAUNCHER
-        defer_signals(self.in_process)
+        self.launching_pid = os.getpid()
+        set_between_jobs(config.hydra.launcher.get("_target_") == BASIC_LAUNCHER)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        defer_signals(False)
+        set_between_jobs(False)
         raise_if_interrupted()
 
     def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
-        defer_signals(getattr(self, "in_process", False))
+        # joblib runs its jobs here too when it has one worker
+        set_between_jobs(os.getpid() == getattr(self, "launching_pid", None))

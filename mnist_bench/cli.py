@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -69,24 +69,29 @@ def fail_job(err: Exception) -> NoReturn:
 
 
 _signal_received: int | None = None  # the first SIGINT or SIGTERM, once one has come
-_signals_deferred = False
+_between_jobs = False  # in the launching process of a sweep whose jobs run in it (callbacks.py)
+_writes_held = 0  # depth of signals_held blocks
 _exiting_interrupted = False
 
 
 def on_interrupt(signum: int, _frame: object) -> None:
     """SIGINT and SIGTERM: recorded, then raised as KeyboardInterrupt so that what runs ends
-    KILLED, not RUNNING, unless signals are deferred (``signals_held``, between a sweep's jobs).
+    KILLED, not RUNNING.
 
-    Library code can swallow the raised exception (an ``except BaseException``, a finalizer);
-    the record stays, and ``raise_if_interrupted`` raises it again at the next epoch or job.
-    Later signals are only recorded, so that they cannot cut short the cleanup of the first.
+    Only recorded inside ``signals_held`` (a write that must not be cut short) and, for the
+    first signal, between the jobs of a sweep, where Hydra composes the next job's config and an
+    exception raised inside it can surface as an unrelated config error. Library code can
+    swallow the raised exception (an ``except BaseException``, a finalizer): the record stays,
+    and ``raise_if_interrupted`` acts on it at the next epoch or job; a repeated signal raises
+    again.
     """
     global _signal_received
-    if _signal_received is not None:
+    first = _signal_received is None
+    if first:
+        _signal_received = signum
+    if _writes_held or (_between_jobs and first):
         return
-    _signal_received = signum
-    if not _signals_deferred:
-        raise KeyboardInterrupt(f"received signal {signum}")
+    raise KeyboardInterrupt(f"received signal {signum}")
 
 
 def handle_interrupts() -> None:
@@ -97,11 +102,9 @@ def handle_interrupts() -> None:
             signal.signal(sig, on_interrupt)
 
 
-def defer_signals(deferred: bool) -> None:
-    """While deferred, a signal is recorded only; it is acted on at the next
-    ``raise_if_interrupted``."""
-    global _signals_deferred
-    _signals_deferred = deferred
+def set_between_jobs(between: bool) -> None:
+    global _between_jobs
+    _between_jobs = between
 
 
 def raise_if_interrupted() -> None:
@@ -112,24 +115,26 @@ def raise_if_interrupted() -> None:
 @contextmanager
 def signals_held() -> Iterator[None]:
     """Hold SIGINT and SIGTERM until the block's writes are done, then raise KeyboardInterrupt
-    if one came: an interrupt inside a SQLite transaction leaves the store locked. A signal the
-    process ignores stays ignored. Main thread only (Python delivers signals there)."""
+    if one came (between a sweep's jobs: at the next job's start): an interrupt inside a SQLite
+    transaction leaves the store locked. A signal the process ignores stays ignored. Main
+    thread only (Python delivers signals there)."""
+    global _writes_held
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
                 if signal.getsignal(sig) != signal.SIG_IGN}
-    came_before, deferred_before = _signal_received, _signals_deferred
+    came_before = _signal_received
     for sig in previous:
         signal.signal(sig, on_interrupt)
-    defer_signals(True)
+    _writes_held += 1
     try:
         yield
     finally:
-        defer_signals(deferred_before)
+        _writes_held -= 1
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if came_before is None and not deferred_before:
+    if came_before is None and not _writes_held and not _between_jobs:
         raise_if_interrupted()
 
 
@@ -146,3 +151,24 @@ def exit_interrupted() -> NoReturn:
 def interrupted() -> bool:
     """Whether this process has received Ctrl-C or SIGTERM (its exit handlers ask)."""
     return _signal_received is not None or _exiting_interrupted
+
+
+def run_command(hydra_main: Callable[[], object]) -> None:
+    """Run a command's Hydra entry point with SIGTERM as Ctrl-C. After a signal, however the
+    code it landed in handled it (an error, Hydra's exit 1, nothing), the command ends with the
+    one line ``interrupted`` and status 130."""
+    handle_interrupts()
+    stopped = False
+    try:
+        hydra_main()
+    except KeyboardInterrupt:  # outside any job, e.g. while Hydra starts a sweep
+        stopped = True
+    except SystemExit as end:
+        if end.code == 130 or not interrupted():
+            raise
+    except Exception:  # with HYDRA_FULL_ERROR=1 Hydra re-raises instead of exiting 1
+        if not interrupted():
+            raise
+    if stopped or interrupted():
+        print_error("interrupted")
+        exit_interrupted()

@@ -196,6 +196,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
              device, splits.n_train)
 
     handle_interrupts()
+    raise_if_interrupted()  # one that came while the data loaded, if library code swallowed it
     # Ctrl-C and SIGTERM wait while MLflow writes (signals_held): an interrupt inside a SQLite
     # transaction leaves the store locked, and the run could then not be ended.
     name = cfg.tracking.run_name or run_name(cfg)
@@ -241,6 +242,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
                     tracking.log_model(model, unit_pixels(images, cfg.data.normalize),
                                        cfg.data.normalize, logged_model_name(cfg))
     except PrunedError as err:
+        raise_if_interrupted()  # one that came while the trial was being stopped
         print(f"{model_name} lr={cfg.optimizer.lr:g}: {err} run_id={run_id}", flush=True)
         return err.value
 

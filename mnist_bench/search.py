@@ -31,7 +31,7 @@ from optuna.trial import Trial, TrialState
 
 from mnist_bench import runs, tracking
 from mnist_bench import study as studies
-from mnist_bench.cli import JobFailed, UserError, first_line, interrupted
+from mnist_bench.cli import JobFailed, UserError, first_line, interrupted, raise_if_interrupted
 from mnist_bench.job import launcher_jobs
 from mnist_bench.search_space import SearchSpace, parse_search_space
 
@@ -227,6 +227,7 @@ def run_search(cfg: DictConfig, config: DictConfig, launcher, arguments: list[st
     try:
         run_rounds(study, storage, space, launcher, validate, n_trials,
                    parallel_trials(cfg, config.hydra.launcher), cfg.direction)
+        raise_if_interrupted()  # one that came during the last round's bookkeeping
         status = "FINISHED"
     except BaseException as err:
         status = "KILLED" if interrupted() or isinstance(err, KeyboardInterrupt) else "FAILED"
@@ -239,6 +240,7 @@ def run_rounds(study: optuna.Study, storage, space: SearchSpace, launcher, valid
                n_trials: int, per_round: int, direction: str) -> None:
     job_idx, user_errors = 0, []
     while (left := trials_left(study, n_trials)) > 0:
+        raise_if_interrupted()  # joblib's jobs check in their own processes, not here
         trials = [study.ask(space.distributions) for _ in range(min(per_round, left))]
         batch = []
         for trial in trials:

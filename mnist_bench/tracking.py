@@ -30,7 +30,7 @@ from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_bench import data, metrics, plots
-from mnist_bench.cli import UserError, signals_held
+from mnist_bench.cli import UserError, interrupted, signals_held
 from mnist_bench.models.classifier import CONTRACT, DigitClassifier
 from mnist_bench.store_lock import sqlite_lock
 from mnist_bench.train import DivergedError, PrunedError
@@ -172,14 +172,14 @@ def mlflow_run(run_id: str | None, run_name: str, tags: Mapping[str, str]) -> It
         end_run(run_id, "FINISHED", {"pruned": "true", "pruned_at_epoch": str(err.epoch)},
                 f"{err}; MLflow run {run_id} ended FINISHED with pruned=true", logging.INFO)
         raise
-    except KeyboardInterrupt:
-        end_run(run_id, "KILLED", {"interrupted": "true"},
-                f"interrupted: MLflow run {run_id} ended KILLED; the last complete checkpoint is "
-                f"kept; continue with resume={run_id}")
-        raise
     except BaseException as err:
-        end_run(run_id, "FAILED", {"error": f"{type(err).__name__}: {err}"[:5000]},
-                f"MLflow run {run_id} ended FAILED ({type(err).__name__})")
+        if isinstance(err, KeyboardInterrupt) or interrupted():  # also one turned into an error
+            end_run(run_id, "KILLED", {"interrupted": "true"},
+                    f"interrupted: MLflow run {run_id} ended KILLED; the last complete checkpoint "
+                    f"is kept; continue with resume={run_id}")
+        else:
+            end_run(run_id, "FAILED", {"error": f"{type(err).__name__}: {err}"[:5000]},
+                    f"MLflow run {run_id} ended FAILED ({type(err).__name__})")
         raise
     else:
         end_run(run_id, "FINISHED")

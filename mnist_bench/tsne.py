@@ -30,7 +30,14 @@ from torch import nn
 from tqdm import tqdm
 
 from mnist_bench import checkpoint, embedding, plots, tracking
-from mnist_bench.cli import CONF_DIR, UserError, exit_interrupted, fail_job, first_line
+from mnist_bench.cli import (
+    CONF_DIR,
+    UserError,
+    exit_interrupted,
+    fail_job,
+    first_line,
+    run_command,
+)
 from mnist_bench.config import MODEL_SCHEMAS, DataConf, build, choice, register_configs
 from mnist_bench.data import DataError, ensure_mnist, read_mnist, scale_images
 from mnist_bench.embedding import TSNEParams
@@ -321,4 +328,4 @@ if __name__ == "__main__":
     # As in mnist_bench.__main__: run the importable copy, which process launchers can pickle.
     from mnist_bench.tsne import main as importable_main
 
-    importable_main()
+    run_command(importable_main)

@@ -165,4 +165,5 @@ def no_signal_received(monkeypatch):
     """A signal sent to pytest's own process by one test must not stop the next test's jobs:
     each command starts as a fresh process with nothing received."""
     monkeypatch.setattr(cli, "_signal_received", None)
-    monkeypatch.setattr(cli, "_signals_deferred", False)
+    monkeypatch.setattr(cli, "_between_jobs", False)
+    monkeypatch.setattr(cli, "_writes_held", 0)

@@ -10,6 +10,7 @@ Every result is read back with ``MlflowClient``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -31,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from test_config import compose_cfg
 
 from conftest import compose_job, copy_store, run_cli, run_in_process, sqlite_uri
-from mnist_bench import checkpoint, data, job, runs, tracking
+from mnist_bench import checkpoint, cli, data, job, runs, tracking, train
 from mnist_bench.cli import UserError
 from mnist_bench.config import config_problems
 from mnist_bench.train import DivergedError, fit
@@ -871,12 +872,16 @@ def test_a_sweep_whose_store_cannot_be_used_is_one_line_before_any_job(tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(("sig", "command"), [
+    (signal.SIGTERM, [sys.executable, "-m", "mnist_bench"]),
+    (signal.SIGINT, [str(Path(sys.executable).with_name("mnist-bench"))]),  # pip's script
+], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_as_a_sweep_starts_ends_its_parent_run_killed_in_one_line(tmp_path, store,
-                                                                            data_root, sig):
+                                                                            data_root, sig,
+                                                                            command):
     """Before any job runs, the sweep's parent run exists already; it must not stay RUNNING."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "mnist_bench", "--multirun", *FAST,
+    proc = subprocess.Popen([*command, "--multirun", *FAST,
                              "optimizer.lr=0.001,0.002", "trainer.epochs=30",
                              f"data.root={data_root}", f"tracking.uri={store}"], cwd=tmp_path,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -921,12 +926,10 @@ class TurnedIntoAnErrorBeforeTheFirstJob(Callback):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("callback", "job_epochs"), [
-    ("SwallowedAsTheFirstJobStarts", [1]),  # the job stops at its first epoch's end
-    ("TurnedIntoAnErrorBeforeTheFirstJob", None),  # held until the first job starts
-])
-def test_a_signal_that_library_code_mishandles_still_stops_the_sweep(tmp_path, store, callback,
-                                                                     job_epochs):
+@pytest.mark.parametrize("callback", ["SwallowedAsTheFirstJobStarts",
+                                      "TurnedIntoAnErrorBeforeTheFirstJob"])
+def test_a_signal_that_library_code_mishandles_still_stops_the_sweep(tmp_path, store, callback):
+    """Acted on before the first job's run starts; the second job never starts."""
     (tmp_path / "mishandling.py").write_text(MISHANDLING_CALLBACKS)
     proc = run_cli(["--multirun", *FAST, "optimizer.lr=0.001,0.002", "trainer.epochs=5",
                     f"+hydra.callbacks.mishandling._target_=mishandling.{callback}",
@@ -934,12 +937,45 @@ def test_a_signal_that_library_code_mishandles_still_stops_the_sweep(tmp_path, s
     assert proc.returncode == INTERRUPTED, output_of(proc)
     assert "Traceback" not in proc.stderr and "unrelated" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("ended KILLED")
-    by_type = {r.data.tags.get("run_type", "job"): r for r in all_runs(store)}
-    assert len(all_runs(store)) == len(by_type) == (1 if job_epochs is None else 2)
-    assert {r.info.status for r in by_type.values()} == {"KILLED"}  # the sweep's and the job's
-    if job_epochs is not None:
-        assert [step for step, _ in history(store, by_type["job"].info.run_id, "val_acc")] \
-            == job_epochs
+    (parent,) = all_runs(store)
+    assert parent.data.tags["run_type"] == "sweep" and parent.info.status == "KILLED"
+
+
+def test_a_signal_swallowed_during_an_epoch_stops_the_run_at_the_epoch_end(tmp_path, store,
+                                                                          monkeypatch, request):
+    request.addfinalizer(functools.partial(signal.signal, signal.SIGTERM,
+                                           signal.getsignal(signal.SIGTERM)))
+    validate = train.evaluate
+
+    def swallowing(*args, **kwargs):  # library code that swallows what the signal raised
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", swallowing)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process([*FAST, "trainer.epochs=3", f"tracking.uri={store}"], tmp_path)
+    run = only_run(store)
+    assert run.info.status == "KILLED" and run.data.tags["interrupted"] == "true"
+    assert [step for step, _ in history(store, run.info.run_id, "val_acc")] == [1]
+
+def test_a_repeated_signal_raises_again_but_never_inside_held_writes(request):
+    """Library code may swallow the first signal's KeyboardInterrupt; a second Ctrl-C must still
+    stop the job. Inside held writes (a SQLite transaction) neither raises."""
+    request.addfinalizer(functools.partial(signal.signal, signal.SIGTERM,
+                                           signal.getsignal(signal.SIGTERM)))
+    cli.handle_interrupts()
+    for _ in range(2):  # the first one's exception is swallowed here
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    with cli.signals_held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+    assert cli.interrupted()
 
 def test_a_sweep_refused_before_any_job_leaves_no_parent_run(tmp_path, store):
     proc = run_cli(["--multirun", *FAST, "trainer.epochs=1,abc", f"tracking.uri={store}"],
