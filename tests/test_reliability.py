@@ -840,7 +840,8 @@ def writable(folder: Path) -> None:
 
 @pytest.mark.parametrize(("module", "args"), [
     ("mnist_bench", FAST), ("mnist_bench", ["--multirun", *FAST]),
-    ("mnist_bench.tsne", ["n_samples=100"])], ids=["run", "multirun", "tsne"])
+    pytest.param("mnist_bench.tsne", ["n_samples=100"], marks=pytest.mark.slow)],
+    ids=["run", "multirun", "tsne"])
 def test_a_read_only_launch_folder_is_one_line(tmp_path, module, args):
     launch = tmp_path / "launch"
     launch.mkdir()
@@ -863,6 +864,7 @@ def test_two_runs_started_in_one_second_get_their_own_folders(tmp_path):
     assert len(folders) == 2 and all(f.startswith("outputs/") for f in folders)
 
 
+@pytest.mark.slow  # a subprocess that imports MLflow
 def test_a_sweep_whose_store_cannot_be_used_is_one_line_before_any_job(tmp_path):
     proc = run_cli(["--multirun", *FAST, "optimizer.lr=0.01,0.02",
                     f"tracking.uri=sqlite:///{tmp_path}/nope/mlflow.db"], cwd=tmp_path)
@@ -977,6 +979,8 @@ def test_a_repeated_signal_raises_again_but_never_inside_held_writes(request):
         time.sleep(0.2)
     assert cli.interrupted()
 
+
+@pytest.mark.slow  # a subprocess that opens the store
 def test_a_sweep_refused_before_any_job_leaves_no_parent_run(tmp_path, store):
     proc = run_cli(["--multirun", *FAST, "trainer.epochs=1,abc", f"tracking.uri={store}"],
                    cwd=tmp_path)

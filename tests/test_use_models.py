@@ -311,6 +311,7 @@ def test_served_model_answers_with_the_probabilities_of_predict(trained, tmp_pat
     np.testing.assert_allclose(served, local, atol=1e-6)  # the pyfunc, in this process
 
 
+@pytest.mark.slow  # a subprocess that imports torch and MLflow
 def test_predict_without_its_two_values_says_what_to_give(tmp_path):
     proc = run_cli([], cwd=tmp_path, module="mnist_bench.predict")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
