@@ -64,9 +64,9 @@ def running_runs(experiment: str) -> list[Run]:
     return mlflow.MlflowClient().search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
 
 
-def close(run: Run) -> None:
+def close(run: Run, client: mlflow.MlflowClient | None = None) -> None:
     """End a run whose writer is gone as KILLED, as an interrupted run would have ended."""
-    client = mlflow.MlflowClient()
+    client = client or mlflow.MlflowClient()
     client.set_tag(run.info.run_id, "interrupted", "true")
     client.set_tag(run.info.run_id, "closed_after_writer_gone", "true")
     client.set_terminated(run.info.run_id, "KILLED")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SWEEP = "sweep"
 # A search's study is the parent run of its trials (search.py) instead of a sweep's parent.
 OPTUNA_SWEEPER = OptunaSweeperConf._target_
+WRITERS_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,7 @@ def _end_parent(parent: ParentRun) -> None:
     client = MlflowClient(parent.uri)
     if client.get_run(parent.run_id).info.status != "RUNNING":
         return
-    children = client.search_runs([parent.experiment_id], max_results=50_000, filter_string=(
-        f"tags.mlflow.parentRunId = '{parent.run_id}'"))
+    children = close_orphans(client, parent)
     counts = outcome_counts(children)
     for key, value in counts.items():
         client.log_metric(parent.run_id, key, value)
@@ -105,6 +106,32 @@ def _end_parent(parent: ParentRun) -> None:
     log.info("sweep %s: %d jobs, %d finished, %d failed (%d diverged), %d killed; parent run %s "
              "ended %s", parent.sweep_id, counts["jobs"], counts["finished"], counts["failed"],
              counts["diverged"], counts["killed"], parent.run_id, status)
+
+
+def children_of(client: MlflowClient, parent: ParentRun) -> list[Run]:
+    return client.search_runs([parent.experiment_id], max_results=50_000, filter_string=(
+        f"tags.mlflow.parentRunId = '{parent.run_id}'"))
+
+
+def close_orphans(client: MlflowClient, parent: ParentRun) -> list[Run]:
+    """The sweep's job runs, after ending KILLED those left RUNNING by a process that is gone:
+    interrupted, joblib kills its workers, which then cannot end their runs. Workers still
+    alive get ``WRITERS_GRACE_S`` to end their own runs first."""
+    deadline = time.monotonic() + WRITERS_GRACE_S
+    while True:
+        children = children_of(client, parent)
+        states = [(c, runs.writer_state(c)) for c in children if c.info.status == "RUNNING"]
+        gone = [child for child, state in states if state == runs.GONE]
+        ending = [child for child, state in states  # this process cannot end a run meanwhile
+                  if state == runs.ALIVE and child.data.tags.get("pid") != str(os.getpid())]
+        if not ending or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for child in gone:
+        runs.close(child, client)
+        log.warning("sweep %s: job run %s was left RUNNING by a process that is gone; ended "
+                    "KILLED", parent.sweep_id, child.info.run_id)
+    return children_of(client, parent) if gone else children
 
 
 def _log_report(client: MlflowClient, parent: ParentRun) -> None:

@@ -980,6 +980,26 @@ def test_a_repeated_signal_raises_again_but_never_inside_held_writes(request):
     assert cli.interrupted()
 
 
+@pytest.mark.slow
+def test_a_signal_to_a_joblib_sweeps_launcher_leaves_no_run_running(tmp_path, store, data_root):
+    """Only the launching process gets SIGTERM (``kill <pid>``, not Ctrl-C in the terminal):
+    joblib then kills its workers, which cannot end their own runs."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_bench", "--multirun", *FAST,
+                             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                             "optimizer.lr=0.001,0.002", "trainer.epochs=50",
+                             f"data.root={data_root}", f"tracking.uri={store}"], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while len([r for r in all_runs(store) if "run_type" not in r.data.tags]) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == INTERRUPTED and "Traceback" not in stderr, stderr
+    statuses = {r.info.run_id: r.info.status for r in all_runs(store)}
+    assert len(statuses) == 3 and set(statuses.values()) == {"KILLED"}, statuses
+
 @pytest.mark.slow  # a subprocess that opens the store
 def test_a_sweep_refused_before_any_job_leaves_no_parent_run(tmp_path, store):
     proc = run_cli(["--multirun", *FAST, "trainer.epochs=1,abc", f"tracking.uri={store}"],
