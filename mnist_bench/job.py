@@ -142,7 +142,9 @@ def train_and_track(cfg: DictConfig) -> float:
     """
     with contextlib.ExitStack() as held:
         held.enter_context(checkpoint.folder_held(Path(HydraConfig.get().runtime.output_dir)))
-        return track_training(cfg, held)
+        objective = track_training(cfg, held)
+    raise_if_interrupted()  # one held while the run ended, or swallowed since its last epoch
+    return objective
 
 
 def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
@@ -242,7 +244,6 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
                     tracking.log_model(model, unit_pixels(images, cfg.data.normalize),
                                        cfg.data.normalize, logged_model_name(cfg))
     except PrunedError as err:
-        raise_if_interrupted()  # one that came while the trial was being stopped
         print(f"{model_name} lr={cfg.optimizer.lr:g}: {err} run_id={run_id}", flush=True)
         return err.value
 
