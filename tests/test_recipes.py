@@ -159,7 +159,7 @@ def test_label_smoothing_reaches_the_loss():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["best_mlp", "best_lenet", "speedrun"])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_a_preset_trains_end_to_end_and_gets_its_own_report_rows(preset, tmp_path, store,
                                                                  data_root):
     job = run_in_process([f"+experiment={preset}", "trainer.epochs=2",
