@@ -20,7 +20,7 @@ from mnist_bench.data import MNISTSplits, TensorBatches, build_splits
 from mnist_bench.models.smallcnn import SmallCNN
 from mnist_bench.schedules import factor_function, make_scheduler
 from mnist_bench.train import evaluate, fit
-from mnist_bench.train_step import Recipe, make_train_step
+from mnist_bench.train_step import Recipe, make_train_step, prepare_batch
 
 PRESETS = {"best_mlp": "mlp", "best_lenet": "lenet", "best_resnet18": "resnet18",
            "speedrun": "smallcnn"}
@@ -33,17 +33,31 @@ def compose_preset(name: str, *overrides: str):
         return compose("config", overrides=[f"+experiment={name}", *overrides])
 
 
+# What each preset switches on, beyond the recipe all of them share (one-cycle, label smoothing).
+INGREDIENTS = {
+    "best_mlp": {"augment.rotation": 10, "optimizer.weight_decay": 0.05, "model.dropout": 0.2},
+    "best_lenet": {"augment.rotation": 10, "optimizer.weight_decay": 0.05,
+                   "model.activation": "relu", "model.pool": "max", "model.batch_norm": True},
+    "best_resnet18": {"augment.rotation": 10, "optimizer.weight_decay": 0.05,
+                      "model.stem": "imagenet"},
+    "speedrun": {"augment.rotation": 0, "trainer.epochs": 1},
+}
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_each_preset_composes_from_plain_groups(preset):
     cfg = compose_preset(preset)
     assert config_problems(cfg) == []
     assert cfg.model.name == PRESETS[preset] and cfg.tracking.label == preset
     assert cfg.trainer.epochs <= 30 and cfg.trainer.schedule == "onecycle"
-    # every ingredient is a plain override
+    assert cfg.trainer.label_smoothing == 0.1
+    assert {key: OmegaConf.select(cfg, key) for key in INGREDIENTS[preset]} == INGREDIENTS[preset]
+    # every ingredient is a plain override, and overriding it changes only it
     off = compose_preset(preset, "augment.rotation=0", "trainer.schedule=none",
                          "trainer.label_smoothing=0")
     assert (off.augment.rotation, off.trainer.schedule, off.trainer.label_smoothing) == \
         (0, "none", 0)
+    assert off.model == cfg.model and off.optimizer == cfg.optimizer
 
 
 def test_the_identity_transform_reproduces_the_batch_exactly():
@@ -63,8 +77,8 @@ def test_shifted_pixels_take_the_background_of_standardised_images():
     assert moved[:, :, :, -5:].allclose(torch.tensor(-0.4242))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_augmentation_runs_on_the_training_device(device, monkeypatch):
+def spy_on_augmentation(monkeypatch) -> list[torch.device]:
+    """The devices of the batches that training augments, in order."""
     seen = []
 
     def spy(x, cfg):
@@ -72,8 +86,22 @@ def test_augmentation_runs_on_the_training_device(device, monkeypatch):
         return random_affine(x, cfg)
 
     monkeypatch.setattr("mnist_bench.train_step.random_affine", spy)
+    return seen
+
+
+def test_a_batch_is_augmented_after_it_reaches_the_training_device(monkeypatch):
+    seen = spy_on_augmentation(monkeypatch)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))  # on the CPU
+    # "meta" stands for any other device: the CPU-only test machine has no second one
+    moved, _ = prepare_batch(x, y, torch.device("meta"), False, AFFINE)
+    assert [d.type for d in seen] == ["meta"] and moved.device.type == "meta"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_augmentation_runs_on_the_training_device(device, monkeypatch):
+    seen = spy_on_augmentation(monkeypatch)
     cfg = compose_preset("speedrun", "trainer.epochs=1", f"device.type={device}")
-    x, y = torch.rand(256, 1, 28, 28, device=device), torch.randint(0, 10, (256,), device=device)
+    x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))  # on the CPU
     batches = TensorBatches(x, y, 64, shuffle=True)
     splits = MNISTSplits(batches, batches, batches, torch.Generator())
     model = SmallCNN(width=8).to(device)
@@ -161,12 +189,15 @@ def test_label_smoothing_reaches_the_loss():
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_a_preset_trains_end_to_end_and_gets_its_own_report_rows(preset, tmp_path, store,
-                                                                 data_root):
+                                                                 data_root, monkeypatch):
+    augmented = spy_on_augmentation(monkeypatch)
     job = run_in_process([f"+experiment={preset}", "trainer.epochs=2",
                           "data.max_train_samples=3000", "tracking.log_model=false"], tmp_path)
     run = mlflow.get_run(job.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["label"] == preset
     assert run.data.params["trainer.schedule"] == "onecycle"
     assert run.data.metrics["test_acc"] > 0.3
+    batches = 2 * math.ceil(3000 / compose_preset(preset).trainer.batch_size)
+    assert len(augmented) == (0 if preset == "speedrun" else batches)
     runs = report.load_runs("mnist_bench", None)
     assert list(runs["model"]) == [preset] and list(runs["base_model"]) == [PRESETS[preset]]
