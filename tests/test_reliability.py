@@ -1000,6 +1000,7 @@ def test_a_signal_to_a_joblib_sweeps_launcher_leaves_no_run_running(tmp_path, st
     statuses = {r.info.run_id: r.info.status for r in all_runs(store)}
     assert len(statuses) == 3 and set(statuses.values()) == {"KILLED"}, statuses
 
+
 @pytest.mark.slow  # a subprocess that opens the store
 def test_a_sweep_refused_before_any_job_leaves_no_parent_run(tmp_path, store):
     proc = run_cli(["--multirun", *FAST, "trainer.epochs=1,abc", f"tracking.uri={store}"],
