@@ -4,7 +4,7 @@ A run stays RUNNING only when its process died without a chance to end it: SIGKI
 out-of-memory kill, a power cut. Every training run records the process that writes it (tags
 ``host``, ``pid`` and ``pid_start``, the process's start time on Linux, so that a recycled PID
 is not mistaken for it). This command lists the RUNNING runs of an experiment with their writer's
-state, and with ``--close`` ends those whose writer is gone as KILLED; they can then be
+state, and with ``--close`` ends those whose writer is gone as KILLED; a training run can then be
 continued with ``python -m mnist_bench resume=<run id>``. Runs written from another host are
 listed, never touched.
 """
@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         ending = ""
         if state == GONE and args.close:
             close(run)
-            ending = f" -> ended KILLED; continue with resume={run.info.run_id}"
+            ending = " -> ended KILLED"
+            if "checkpoint" in tags:  # a training run; a sweep's or a study's run has none
+                ending += f"; continue with resume={run.info.run_id}"
         print(f"{run.info.run_id}  {run.info.run_name}  {tags.get('host', '?')}:"
               f"{tags.get('pid', '?')}  {state}{ending}")
     gone = sum(state == GONE for _, state in runs)

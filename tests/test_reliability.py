@@ -674,7 +674,9 @@ def test_runs_command_ends_only_the_runs_whose_process_is_gone(store, capsys):
     client = MlflowClient(tracking_uri=store)
     experiment = client.create_experiment("mnist_bench")
     me = runs.writer_tags()
-    writers = {"gone": me | {"pid": str(dead_pid())},
+    gone = me | {"pid": str(dead_pid())}
+    writers = {"gone": gone | {"checkpoint": "outputs/checkpoint.pt"},
+               "gone sweep": gone | {"run_type": "sweep"},  # nothing to resume
                "alive": me,
                "recycled pid": me | {"pid_start": "1"},  # same PID, another process
                "other host": me | {"host": "elsewhere.example"}}
@@ -682,14 +684,18 @@ def test_runs_command_ends_only_the_runs_whose_process_is_gone(store, capsys):
            for name, tags in writers.items()}
     assert runs.main(["--tracking-uri", store]) == 0
     listing = capsys.readouterr().out
-    assert "4 RUNNING run(s)" in listing and "; 2 whose process is gone" in listing
+    assert "5 RUNNING run(s)" in listing and "; 3 whose process is gone" in listing
     assert {client.get_run(i).info.status for i in ids.values()} == {"RUNNING"}  # only listed
 
     assert runs.main(["--tracking-uri", store, "--close"]) == 0
-    assert "; 2 ended KILLED" in capsys.readouterr().out
+    closing = capsys.readouterr().out
+    assert "; 3 ended KILLED" in closing
+    assert f"continue with resume={ids['gone']}" in closing
+    assert f"resume={ids['gone sweep']}" not in closing and f"resume={ids['recycled pid']}" \
+        not in closing  # neither recorded a checkpoint
     status = {name: client.get_run(i).info.status for name, i in ids.items()}
-    assert status == {"gone": "KILLED", "alive": "RUNNING", "recycled pid": "KILLED",
-                      "other host": "RUNNING"}
+    assert status == {"gone": "KILLED", "gone sweep": "KILLED", "alive": "RUNNING",
+                      "recycled pid": "KILLED", "other host": "RUNNING"}
     assert client.get_run(ids["gone"]).data.tags["interrupted"] == "true"
     for name in ("alive", "other host"):
         client.set_terminated(ids[name], "KILLED")
