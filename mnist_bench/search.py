@@ -31,7 +31,14 @@ from optuna.trial import Trial, TrialState
 
 from mnist_bench import runs, tracking
 from mnist_bench import study as studies
-from mnist_bench.cli import JobFailed, UserError, first_line, interrupted, raise_if_interrupted
+from mnist_bench.cli import (
+    JobFailed,
+    UserError,
+    first_line,
+    interrupted,
+    raise_if_interrupted,
+    signals_held,
+)
 from mnist_bench.job import launcher_jobs
 from mnist_bench.search_space import SearchSpace, parse_search_space
 
@@ -212,28 +219,28 @@ def run_search(cfg: DictConfig, config: DictConfig, launcher, arguments: list[st
     storage = studies.open_storage(url)
     name = cfg.study_name or default_study_name(config.tracking.experiment, space)
     study, created = open_study(cfg, name, storage, space)
-    try:
-        parent = study_run(study, created, config, storage, url)
-    except BaseException:
-        if created:  # a study without its parent run would make the next worker wait for it
-            optuna.delete_study(study_name=name, storage=storage)
-        raise
     sweep_dir = Path(config.hydra.sweep.dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, sweep_dir / "multirun.yaml")
-    log.info("study %s in %s (MLflow parent run %s): %s", name, studies.redacted(url),
-             parent.run_id, "created" if created else "continued")
-    status = "FAILED"
+    parent, status = None, "FAILED"
     try:
+        with signals_held():  # a signal raises only once the parent exists: finally ends it
+            parent = study_run(study, created, config, storage, url)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")
+        log.info("study %s in %s (MLflow parent run %s): %s", name, studies.redacted(url),
+                 parent.run_id, "created" if created else "continued")
         run_rounds(study, storage, space, launcher, validate, n_trials,
                    parallel_trials(cfg, config.hydra.launcher), cfg.direction)
         raise_if_interrupted()  # one that came during the last round's bookkeeping
         status = "FINISHED"
     except BaseException as err:
         status = "KILLED" if interrupted() or isinstance(err, KeyboardInterrupt) else "FAILED"
+        if parent is None and created:  # a study without its parent run would make the next
+            optuna.delete_study(study_name=name, storage=storage)  # worker wait for it
         raise
     finally:
-        end_study_run(study, parent, cfg.direction, status, sweep_dir)
+        if parent is not None:
+            with signals_held():
+                end_study_run(study, parent, cfg.direction, status, sweep_dir)
 
 
 def run_rounds(study: optuna.Study, storage, space: SearchSpace, launcher, validate,

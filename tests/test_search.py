@@ -265,3 +265,41 @@ def test_a_search_runs_its_trials_in_parallel_through_joblib(tmp_path, data_root
     # two rounds of two trials, each job in a worker process of its own with one thread
     assert proc.stdout.count("is launching 2 jobs") == 2
     assert {r.data.tags["torch_threads"] for r in runs.values()} == {"1"}
+
+
+def test_a_signal_while_the_study_run_is_created_ends_that_run_killed(tmp_path, monkeypatch):
+    """Ctrl-C just as a search creates its study's MLflow run (the run exists, its search has
+    not started): the run must end KILLED, not stay RUNNING with nothing left to end it."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.mnist_bench_optuna.optuna_sweeper import OptunaSweeperConf
+    from mnist_bench import cli
+    from mnist_bench.search import run_search
+
+    monkeypatch.chdir(tmp_path)
+    store = sqlite_uri(tmp_path)
+    settings = OmegaConf.structured(OptunaSweeperConf(n_trials=2, params={
+        "optimizer.lr": "tag(log, interval(0.0001, 0.1))"}))
+    config = OmegaConf.create({
+        "tracking": {"uri": store, "experiment": "mnist_bench"},
+        "hydra": {"sweep": {"dir": str(tmp_path / "multirun")},
+                  "launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher."
+                                            "joblib_launcher.JoblibLauncher", "n_jobs": 2}}})
+    create_run = MlflowClient.create_run
+
+    def create_then_interrupt(self, *args, **kwargs):
+        run = create_run(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return run
+
+    monkeypatch.setattr(MlflowClient, "create_run", create_then_interrupt)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    cli.handle_interrupts()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_search(settings, config, launcher=None, arguments=[], validate=None)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    runs = MlflowClient(store).search_runs(["0", "1"])
+    assert [(r.data.tags["run_type"], r.info.status) for r in runs] == [("study", "KILLED")]
