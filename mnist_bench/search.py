@@ -287,6 +287,19 @@ def end_study_run(study: optuna.Study, parent: StudyRun, direction: str, status:
 
 def _end_study_run(study: optuna.Study, parent: StudyRun, direction: str, status: str,
                    sweep_dir: Path) -> None:
+    try:
+        record_summary(study, parent, direction, sweep_dir)
+    except Exception as err:  # the summary is a bonus; the parent must still end
+        log.warning("study %s: no summary in its parent run %s (%s)", study.study_name,
+                    parent.run_id, first_line(err))
+        parent.client.set_tag(parent.run_id, "summary_error", first_line(err))
+    if studies.state_counts(study)["running"] and status == "FINISHED":
+        return  # another worker's trials: that worker ends the parent
+    parent.client.set_terminated(parent.run_id, status)
+
+
+def record_summary(study: optuna.Study, parent: StudyRun, direction: str,
+                   sweep_dir: Path) -> None:
     client, run_id = parent.client, parent.run_id
     summary = studies.write_summary(study, sweep_dir / "study", direction)
     client.log_artifacts(run_id, str(sweep_dir / "study"), "study")
@@ -300,6 +313,3 @@ def _end_study_run(study: optuna.Study, parent: StudyRun, direction: str, status
             client.set_tag(run_id, f"best.{key}", str(value))
     where = sweep_dir / "study" / ("best_overrides.txt" if best else "")
     log.info("%s; summary: %s", studies.describe(study, direction), where)
-    if counts["running"] and status == "FINISHED":
-        return  # another worker's trials: that worker ends the parent
-    client.set_terminated(run_id, status)

@@ -267,22 +267,22 @@ def test_a_search_runs_its_trials_in_parallel_through_joblib(tmp_path, data_root
     assert {r.data.tags["torch_threads"] for r in runs.values()} == {"1"}
 
 
-def test_a_signal_while_the_study_run_is_created_ends_that_run_killed(tmp_path, monkeypatch):
-    """Ctrl-C just as a search creates its study's MLflow run (the run exists, its search has
-    not started): the run must end KILLED, not stay RUNNING with nothing left to end it."""
+def search_interrupted_at_start(folder, monkeypatch) -> list[tuple[str, str]]:
+    """Run a search in process whose Ctrl-C comes just as its study's MLflow run is created (the
+    run exists, no trial has started); the (run_type, status) of the runs in its store."""
     from omegaconf import OmegaConf
 
     from hydra_plugins.mnist_bench_optuna.optuna_sweeper import OptunaSweeperConf
     from mnist_bench import cli
     from mnist_bench.search import run_search
 
-    monkeypatch.chdir(tmp_path)
-    store = sqlite_uri(tmp_path)
+    monkeypatch.chdir(folder)
+    store = sqlite_uri(folder)
     settings = OmegaConf.structured(OptunaSweeperConf(n_trials=2, params={
         "optimizer.lr": "tag(log, interval(0.0001, 0.1))"}))
     config = OmegaConf.create({
         "tracking": {"uri": store, "experiment": "mnist_bench"},
-        "hydra": {"sweep": {"dir": str(tmp_path / "multirun")},
+        "hydra": {"sweep": {"dir": str(folder / "multirun")},
                   "launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher."
                                             "joblib_launcher.JoblibLauncher", "n_jobs": 2}}})
     create_run = MlflowClient.create_run
@@ -302,4 +302,17 @@ def test_a_signal_while_the_study_run_is_created_ends_that_run_killed(tmp_path, 
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     runs = MlflowClient(store).search_runs(["0", "1"])
-    assert [(r.data.tags["run_type"], r.info.status) for r in runs] == [("study", "KILLED")]
+    return [(r.data.tags["run_type"], r.info.status) for r in runs]
+
+
+def test_a_signal_while_the_study_run_is_created_ends_that_run_killed(tmp_path, monkeypatch):
+    """Ended KILLED, not left RUNNING with nothing left to end it."""
+    assert search_interrupted_at_start(tmp_path, monkeypatch) == [("study", "KILLED")]
+
+
+def test_the_study_run_ends_even_when_its_summary_cannot_be_written(tmp_path, monkeypatch):
+    def no_space_left(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(studies, "write_summary", no_space_left)
+    assert search_interrupted_at_start(tmp_path, monkeypatch) == [("study", "KILLED")]
