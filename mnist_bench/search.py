@@ -95,14 +95,14 @@ def open_study(cfg: DictConfig, name: str, storage: optuna.storages.BaseStorage,
     return study, False
 
 
-def study_run(study: optuna.Study, created: bool, config: DictConfig,
-              storage: optuna.storages.BaseStorage, url: str) -> StudyRun:
-    """The study's parent MLflow run: created by the worker that created the study, found (and
-    reopened) by any other."""
+def study_run(study: optuna.Study, config: DictConfig, url: str,
+              joined: str | None) -> StudyRun:
+    """The study's parent MLflow run: created by the worker that created the study, else the
+    run ``joined`` that the first worker created, reopened."""
     uri = tracking.tracking_uri(config.tracking.uri, os.getcwd())
     tracking.open_store(uri, config.tracking.experiment)
     client = MlflowClient(uri)
-    if created:
+    if joined is None:
         experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
         run = client.create_run(experiment.experiment_id, run_name=f"study {study.study_name}",
                                 tags={"run_type": studies.STUDY,
@@ -111,7 +111,7 @@ def study_run(study: optuna.Study, created: bool, config: DictConfig,
         study.set_user_attr(studies.PARENT_RUN, run.info.run_id)
         run_id = run.info.run_id
     else:
-        run_id = _wait_for_parent(study.study_name, storage)
+        run_id = joined
         try:
             client.update_run(run_id, status="RUNNING")
         except mlflow.exceptions.MlflowException:
@@ -222,8 +222,9 @@ def run_search(cfg: DictConfig, config: DictConfig, launcher, arguments: list[st
     sweep_dir = Path(config.hydra.sweep.dir)
     parent, status = None, "FAILED"
     try:
+        joined = None if created else _wait_for_parent(name, storage)  # Ctrl-C stops it at once
         with signals_held():  # a signal raises only once the parent exists: finally ends it
-            parent = study_run(study, created, config, storage, url)
+            parent = study_run(study, config, url, joined)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(config, sweep_dir / "multirun.yaml")
         log.info("study %s in %s (MLflow parent run %s): %s", name, studies.redacted(url),
