@@ -267,7 +267,7 @@ def test_a_search_runs_its_trials_in_parallel_through_joblib(tmp_path, data_root
     assert {r.data.tags["torch_threads"] for r in runs.values()} == {"1"}
 
 
-def search_interrupted_at_start(folder, monkeypatch) -> list[tuple[str, str]]:
+def search_interrupted_at_start(folder, store: str, monkeypatch) -> list[tuple[str, str]]:
     """Run a search in process whose Ctrl-C comes just as its study's MLflow run is created (the
     run exists, no trial has started); the (run_type, status) of the runs in its store."""
     from omegaconf import OmegaConf
@@ -277,7 +277,6 @@ def search_interrupted_at_start(folder, monkeypatch) -> list[tuple[str, str]]:
     from mnist_bench.search import run_search
 
     monkeypatch.chdir(folder)
-    store = sqlite_uri(folder)
     settings = OmegaConf.structured(OptunaSweeperConf(n_trials=2, params={
         "optimizer.lr": "tag(log, interval(0.0001, 0.1))"}))
     config = OmegaConf.create({
@@ -305,14 +304,16 @@ def search_interrupted_at_start(folder, monkeypatch) -> list[tuple[str, str]]:
     return [(r.data.tags["run_type"], r.info.status) for r in runs]
 
 
-def test_a_signal_while_the_study_run_is_created_ends_that_run_killed(tmp_path, monkeypatch):
+def test_a_signal_while_the_study_run_is_created_ends_that_run_killed(tmp_path, store,
+                                                                      monkeypatch):
     """Ended KILLED, not left RUNNING with nothing left to end it."""
-    assert search_interrupted_at_start(tmp_path, monkeypatch) == [("study", "KILLED")]
+    assert search_interrupted_at_start(tmp_path, store, monkeypatch) == [("study", "KILLED")]
 
 
-def test_the_study_run_ends_even_when_its_summary_cannot_be_written(tmp_path, monkeypatch):
+def test_the_study_run_ends_even_when_its_summary_cannot_be_written(tmp_path, store,
+                                                                    monkeypatch):
     def no_space_left(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(studies, "write_summary", no_space_left)
-    assert search_interrupted_at_start(tmp_path, monkeypatch) == [("study", "KILLED")]
+    assert search_interrupted_at_start(tmp_path, store, monkeypatch) == [("study", "KILLED")]
