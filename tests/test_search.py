@@ -14,12 +14,16 @@ import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from conftest import DATA_ROOT, run_cli, sqlite_uri
+from hydra_plugins.mnist_bench_optuna.optuna_sweeper import OptunaSweeperConf
+from mnist_bench import cli
 from mnist_bench import study as studies
 from mnist_bench.cli import UserError
+from mnist_bench.search import run_search
 from mnist_bench.search_space import parse_search_space
 
 TINY = ["model=mlp", "trainer.epochs=2", "data.max_train_samples=2000", "data.val_size=1000",
@@ -270,12 +274,6 @@ def test_a_search_runs_its_trials_in_parallel_through_joblib(tmp_path, data_root
 def search_interrupted_at_start(folder, store: str, monkeypatch) -> list[tuple[str, str]]:
     """Run a search in process whose Ctrl-C comes just as its study's MLflow run is created (the
     run exists, no trial has started); the (run_type, status) of the runs in its store."""
-    from omegaconf import OmegaConf
-
-    from hydra_plugins.mnist_bench_optuna.optuna_sweeper import OptunaSweeperConf
-    from mnist_bench import cli
-    from mnist_bench.search import run_search
-
     monkeypatch.chdir(folder)
     settings = OmegaConf.structured(OptunaSweeperConf(n_trials=2, params={
         "optimizer.lr": "tag(log, interval(0.0001, 0.1))"}))
