@@ -9,6 +9,7 @@ written as Markdown and CSV beside the report's published numbers, the figures a
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -34,17 +35,20 @@ ACCURACIES = ("train_acc", "val_acc", "test_acc")
 PAPER_EPOCHS = 10  # the report's learning-rate sweep
 CURVE_METRICS = ("train_loss", "train_acc", "val_acc")
 NOT_TRAINING = ("report", "tsne", "sweep", "study")
+METRIC_BOUNDS = {**dict.fromkeys(ACCURACIES, (0.0, 1.0)), "train_time_s": (0.0, math.inf),
+                 "test_loss": (0.0, math.inf)}
 CELL_FORMATS = {"train_time_s": (1, 1, 0), "test_loss": (1, 3, 3)}  # scale, digits, paper digits
 
 
 SEEDS_LEGEND = (
     "Cells with several runs (seeds) read *mean ± sd [95 % interval of the mean] (published: "
     "inside or outside that interval)*; the interval is Student's t, mean ± t(0.975, n-1) sd / "
-    "sqrt(n). Accuracies in percent. Statistics cover the finished runs; `outcome` counts how "
-    "the others ended. A cell whose runs split into some that learned (final validation "
-    "accuracy above 50 %) and some that stayed at chance (below 20 %) is shown as *bimodal* "
-    "with each group's count and mean, not one misleading mean. In Table 4, `verdict` says "
-    "whether the runner-up learning rate's mean lies within the best one's interval (*tied*).")
+    "sqrt(n), cut at what the metric can take (0-100 % for an accuracy). Accuracies in "
+    "percent. Statistics cover the finished runs; `outcome` counts how the others ended. A "
+    "cell whose runs split into some that learned (final validation accuracy above 50 %) and "
+    "some that stayed at chance (below 20 %) is shown as *bimodal* with each group's count "
+    "and mean, not one misleading mean. In Table 4, `verdict` says whether the runner-up "
+    "learning rate's mean lies within the best one's interval (*tied*).")
 
 
 class ReportError(RuntimeError):
@@ -146,7 +150,7 @@ def seed_cells(rows: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
                "learned": learned, "at_chance": at_chance,
                "bimodal": learned > 0 and at_chance > 0}
         for metric in metrics:
-            stats = seed_stats.summary(ok[metric].tolist())
+            stats = seed_stats.summary(ok[metric].tolist(), bounds=METRIC_BOUNDS[metric])
             row |= {metric: stats["mean"], **{f"{metric}_{k}": stats[k] for k in
                                               ("sd", "min", "max", "ci_low", "ci_high")}}
             if row["bimodal"]:

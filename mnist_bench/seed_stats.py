@@ -2,7 +2,8 @@
 interval of the mean, and whether the seeds split into runs that learned and runs at chance.
 
 The interval is Student's t interval of the mean, ``mean ± t(0.975, n-1) * sd / sqrt(n)``
-with the sample standard deviation (n - 1 in the denominator); it needs n >= 2.
+with the sample standard deviation (n - 1 in the denominator); it needs n >= 2. Where it
+reaches past what the metric can take (an accuracy above 100 %), it is cut at that bound.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ CONFIDENCE = 0.95
 CHANCE_BELOW, LEARNED_ABOVE = 0.2, 0.5
 
 
-def summary(values: Sequence[float]) -> dict[str, float]:
-    """n, mean, sd, min, max and the 95 % t interval of the mean (NaN where n is too small)."""
+def summary(values: Sequence[float],
+            bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict[str, float]:
+    """n, mean, sd, min, max and the 95 % t interval of the mean (NaN where n is too small),
+    the interval cut to the metric's possible ``bounds``."""
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     n = len(x)
     if n == 0:
@@ -30,7 +33,7 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         else math.nan
     mean = float(x.mean())
     return {"n": n, "mean": mean, "sd": sd, "min": float(x.min()), "max": float(x.max()),
-            "ci_low": mean - half, "ci_high": mean + half}
+            "ci_low": max(mean - half, bounds[0]), "ci_high": min(mean + half, bounds[1])}
 
 
 def modes(accuracies: Sequence[float]) -> tuple[int, int]:

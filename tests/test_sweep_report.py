@@ -242,6 +242,18 @@ def test_table4_says_whether_the_runner_up_is_within_the_interval():
     assert best["train_time_s"] == pytest.approx(11.0) and best["train_time_s_sd"] == 1.0
 
 
+def test_an_accuracy_interval_stops_at_100_percent():
+    """Two seeds far apart: Student's t interval of the mean would reach past 100 %, which no
+    accuracy can; the table shows it cut at the possible range."""
+    runs = constructed_runs({0.02: [0.9728, 0.9839]})
+    row = report.lr_table(runs, "lenet", report.published()).iloc[0]
+    t_high = scipy.stats.t.interval(0.95, 1, loc=0.97835, scale=statistics.stdev(
+        [0.9728, 0.9839]) / math.sqrt(2))[1]
+    assert t_high > 1 and row["test_acc_ci_high"] == 1.0
+    assert row["test_acc_ci_low"] == pytest.approx(2 * 0.97835 - t_high)
+    assert "100.00]" in report._markdown(report.lr_table(runs, "lenet", report.published()))
+
+
 def test_seed_sweep_statistics_match_an_independent_computation(tmp_path, data_root):
     """A real sweep of 2 learning rates x 3 seeds; mean, sd and the t interval recomputed
     from the runs read back through MLflow."""
