@@ -201,13 +201,18 @@ def best_table(runs: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
         best = finished.loc[finished.groupby("model", sort=False)["val_acc"].idxmax()]
         table = best[["model", "lr", *ACCURACIES, "train_time_s", "test_loss"]]
         table = table.reset_index(drop=True)
-    # each row beside the published one of its network, e.g. "lenet (25 epochs)" beside lenet's
+    # each row beside the published row of the network whose learning-rate table it is compared
+    # with: "lenet (25 epochs)" beside LeNet's, and GoogLeNet beside the report's "LeNet" too
     base = runs.get("base_model", runs["model"])
     table.insert(1, "base_model", table["model"].map(dict(zip(runs["model"], base,
                                                               strict=True))))
+    table_models = paper[paper["table"] != 4].drop_duplicates("table").set_index("table")["model"]
+    table.insert(2, "published_model", [table_models.get(MODELS.get(b, (b, None))[1])
+                                        for b in table["base_model"]])
     ref = paper[paper["table"] == 4].set_index("model")
     ref = ref[[*ACCURACIES, "train_time_s", "loss"]].rename(columns={"loss": "test_loss"})
-    return _with_published(table, ref.rename(columns=lambda c: f"paper_{c}"), on="base_model")
+    return _with_published(table, ref.rename(columns=lambda c: f"paper_{c}"),
+                           on="published_model")
 
 
 def _best_cell(model: str, rows: pd.DataFrame) -> dict:
@@ -383,7 +388,9 @@ def build_report(runs: pd.DataFrame, out: Path, selection: str) -> Path:
     text = write_table(table4, out, "table4_best")
     sections.append("## Best learning rate per model (report Table 4)\n\nChosen by final "
                     "validation accuracy (its mean over the runs of a cell); loss is the test "
-                    f"cross-entropy.\n\n{text}\n")
+                    "cross-entropy. Each row faces the published row of the network whose "
+                    "learning-rate table it is compared with: GoogLeNet faces the report's "
+                    f"\"LeNet\".\n\n{text}\n")
     curves = histories(MlflowClient(), runs["run_id"].tolist())
     figures = write_figures(runs, table4, curves, out)
     sections.append("## Figures\n\n" + "\n\n".join(f"![{f}]({f})" for f in figures) + "\n")

@@ -242,6 +242,20 @@ def test_table4_says_whether_the_runner_up_is_within_the_interval():
     assert best["train_time_s"] == pytest.approx(11.0) and best["train_time_s_sd"] == 1.0
 
 
+def test_googlenet_stands_beside_the_published_lenet_rows_in_every_table():
+    """The report's "LeNet" numbers are compared with GoogLeNet's in the learning-rate table,
+    so its Table 4 row must face the same published network's row, not none."""
+    runs = constructed_runs({0.01: [0.98, 0.99], 0.0002: [0.97, 0.975]}, model="googlenet")
+    paper = report.published()
+    lenet_row = paper[(paper["table"] == 4) & (paper["model"] == "lenet")].iloc[0]
+    best = report.best_table(runs, paper).iloc[0]
+    assert best["paper_val_acc"] == lenet_row["val_acc"] == 0.987
+    assert best["paper_test_loss"] == lenet_row["loss"]
+    table2 = paper[(paper["table"] == 2) & (paper["lr"] == 0.01)].iloc[0]
+    assert report.lr_table(runs, "googlenet", paper).set_index("lr").loc[
+        0.01, "paper_val_acc"] == table2["val_acc"]
+
+
 def test_an_accuracy_interval_stops_at_100_percent():
     """Two seeds far apart: Student's t interval of the mean would reach past 100 %, which no
     accuracy can; the table shows it cut at the possible range."""
