@@ -306,18 +306,25 @@ def write_table(table: pd.DataFrame, out: Path, name: str) -> str:
     return text
 
 
-def section_title(runs: pd.DataFrame, model: str) -> str:
-    """``LeNet-5: learning rates (report Table 2)``; for an epoch variant, e.g.
-    ``LeNet-5, 25 epochs: learning rates``, which the report has no table of; for labelled runs
-    ``best_lenet (LeNet-5, 30 epochs): learning rates``."""
+def model_title(runs: pd.DataFrame, model: str) -> str:
+    """``LeNet-5``; for an epoch variant ``LeNet-5, 25 epochs``; for labelled runs
+    ``best_lenet (LeNet-5, 30 epochs)``."""
     rows = runs[runs["model"] == model]
     base = rows.get("base_model", rows["model"]).iloc[0]
-    title, number = MODELS.get(base, (base, None))
+    title = MODELS.get(base, (base,))[0]
     if "tags.label" in rows and rows["tags.label"].fillna("").eq(model).all():
-        return f"{model} ({title}, {rows['epochs'].iloc[0]} epochs): learning rates"
+        return f"{model} ({title}, {rows['epochs'].iloc[0]} epochs)"
     if model != base:
-        return f"{title}, {rows['epochs'].iloc[0]} epochs: learning rates"
-    return f"{title}: learning rates" + (f" (report Table {number})" if number else "")
+        return f"{title}, {rows['epochs'].iloc[0]} epochs"
+    return title
+
+
+def section_title(runs: pd.DataFrame, model: str) -> str:
+    """``LeNet-5: learning rates (report Table 2)``; an epoch variant or labelled runs have no
+    table in the report."""
+    number = MODELS.get(model, (model, None))[1]
+    return f"{model_title(runs, model)}: learning rates" + (
+        f" (report Table {number})" if number else "")
 
 
 def slug(model: str) -> str:
@@ -333,7 +340,7 @@ def curves_by_model(runs: pd.DataFrame,
                     curves: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list]]:
     """``{model title: {lr label: [per-epoch history of each run at that lr]}}``, the input of
     the curve figures: one line per learning rate, the mean over its runs (seeds) in a band."""
-    return {MODELS.get(model, (model,))[0]:
+    return {model_title(runs, model):
             {lr_label(lr, len(cell)): [curves[run_id] for run_id in cell["run_id"]]
              for lr, cell in rows.groupby("lr", sort=False)}
             for model, rows in runs.groupby("model", sort=False)}

@@ -182,6 +182,15 @@ def test_runs_that_share_a_learning_rate_form_one_curve_of_all_of_them():
                         "lr=0.001": [[{"val_acc": 2.0}]]}
 
 
+def test_figures_of_an_epoch_variant_carry_the_networks_title_like_its_table():
+    runs = pd.DataFrame({"model": ["lenet", "lenet (25 epochs)"], "base_model": ["lenet"] * 2,
+                         "epochs": [10, 25], "lr": [0.0002] * 2, "run_id": ["a1", "b2"]})
+    curves = {"a1": [{"val_acc": 0.9}], "b2": [{"val_acc": 0.95}]}
+    assert list(report.curves_by_model(runs, curves)) == ["LeNet-5", "LeNet-5, 25 epochs"]
+    assert report.section_title(runs, "lenet (25 epochs)") == \
+        "LeNet-5, 25 epochs: learning rates"
+
+
 def test_each_launch_gets_its_own_sweep_folder(tmp_path):
     """The folder Hydra's launcher creates, resolved as it does: stable within one launch."""
     dirs = []
