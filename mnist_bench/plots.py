@@ -29,16 +29,19 @@ def _draw(ax, groups: Mapping[str, Sequence[History]], metric: str) -> None:
     thin line, so that seeds that split (some learn, some stay at chance) show as such."""
     for label, histories in groups.items():
         curves = [[row[metric] for row in h if metric in row] for h in histories]
-        length = min(len(c) for c in curves)
+        length = max(len(c) for c in curves)
         if length == 0:
             continue
-        values = np.array([c[:length] for c in curves])
-        epochs, mean = np.arange(1, length + 1), values.mean(axis=0)
+        values = np.full((len(curves), length), np.nan)  # a run that stopped early: NaN after
+        for row, curve in zip(values, curves, strict=True):
+            row[:len(curve)] = curve
+        counts = np.sum(~np.isnan(values), axis=0)  # each epoch's mean is over the runs there
+        epochs, mean = np.arange(1, length + 1), np.nansum(values, axis=0) / counts
         line, = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
         if len(values) > 1:
-            sd = values.std(axis=0, ddof=1)
-            low = np.maximum(mean - sd, values.min(axis=0))
-            high = np.minimum(mean + sd, values.max(axis=0))
+            sd = np.sqrt(np.nansum((values - mean) ** 2, axis=0) / np.maximum(counts - 1, 1))
+            low = np.maximum(mean - sd, np.nanmin(values, axis=0))
+            high = np.minimum(mean + sd, np.nanmax(values, axis=0))
             ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
             ax.plot(epochs, values.T, color=line.get_color(), linewidth=0.6, alpha=0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -57,8 +60,7 @@ def plot_curves(groups: Mapping[str, Sequence[History]],
     for ax, metric in zip(axes[0], metrics, strict=True):
         _draw(ax, groups, metric)
         ax.set(title=CURVE_TITLES.get(metric, metric), xlabel="epoch")
-        if len(groups) > 1:
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

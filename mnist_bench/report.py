@@ -93,6 +93,7 @@ def load_runs(experiment: str, sweep_ids: str | list[str] | None) -> pd.DataFram
         where = f"sweep {', '.join(map(repr, sweep_ids))}" if sweep_ids else "it"
         raise ReportError(f"no training runs found for {where} in experiment {experiment!r} "
                           f"at {mlflow.get_tracking_uri()}")
+    runs = _with_parameters(runs)
     epochs = runs["params.trainer.epochs"].astype(int)
     model = runs["tags.model"]
     if epochs.nunique() > 1:
@@ -107,6 +108,22 @@ def load_runs(experiment: str, sweep_ids: str | list[str] | None) -> pd.DataFram
     order = {name: i for i, name in enumerate(MODELS)}
     runs = runs.assign(model_order=runs["model"].map(order).fillna(len(order)))
     return runs.sort_values(["model_order", "model", "lr"], ascending=[True, True, False])
+
+
+def _with_parameters(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that logged their parameters; one that has none yet is still starting, or was
+    stopped while it started, and has no learning rate to be reported under."""
+    required = ("params.trainer.epochs", "params.optimizer.lr")
+    starting = pd.concat([runs.get(k, pd.Series(None, index=runs.index)).isna()
+                          for k in required], axis=1).any(axis=1)
+    if starting.any():
+        n = int(starting.sum())
+        print(f"mnist_bench.report: skipping {n} run{'s' * (n > 1)} without parameters (still "
+              f"starting, or stopped while starting): {', '.join(runs.loc[starting, 'run_id'])}",
+              file=sys.stderr)
+    if starting.all():
+        raise ReportError("no run of the selection has logged its parameters yet")
+    return runs[~starting]
 
 
 def _outcome(run: pd.Series) -> str:
@@ -148,18 +165,25 @@ def seed_cells(rows: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
         learned, at_chance = seed_stats.modes(ok["val_acc"])
         row = {"lr": lr, "runs": len(cell), "outcome": _outcomes(cell["outcome"]),
                "learned": learned, "at_chance": at_chance,
+               "in_between": len(ok) - learned - at_chance,
                "bimodal": learned > 0 and at_chance > 0}
         for metric in metrics:
             stats = seed_stats.summary(ok[metric].tolist(), bounds=METRIC_BOUNDS[metric])
             row |= {metric: stats["mean"], **{f"{metric}_{k}": stats[k] for k in
                                               ("sd", "min", "max", "ci_low", "ci_high")}}
             if row["bimodal"]:
-                learned_runs = ok["val_acc"] > seed_stats.LEARNED_ABOVE  # as modes() counts them
-                row[f"{metric}_learned"] = ok.loc[learned_runs, metric].mean()
-                row[f"{metric}_chance"] = ok.loc[ok["val_acc"] < seed_stats.CHANCE_BELOW,
-                                                 metric].mean()
+                for group, members in _modes(ok).items():
+                    row[f"{metric}_{group}"] = members[metric].mean()
         cells.append(row)
     return pd.DataFrame(cells)
+
+
+def _modes(ok: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Finished runs by how they ended, as :func:`seed_stats.modes` counts them: ``learned``,
+    ``chance`` and ``between`` (neither)."""
+    learned = ok["val_acc"] > seed_stats.LEARNED_ABOVE
+    chance = ok["val_acc"] < seed_stats.CHANCE_BELOW
+    return {"learned": ok[learned], "chance": ok[chance], "between": ok[~learned & ~chance]}
 
 
 def _outcomes(outcomes: pd.Series) -> str:
@@ -183,24 +207,21 @@ def _with_published(table: pd.DataFrame, ref: pd.DataFrame, on: str) -> pd.DataF
         measured = column.removeprefix("paper_")
         merged[f"delta_{measured}"] = merged[measured] - merged[column]
         if f"{measured}_ci_low" in merged:
-            merged[f"paper_in_ci_{measured}"] = merged[column].between(
-                merged[f"{measured}_ci_low"], merged[f"{measured}_ci_high"])
+            inside = merged[column].between(merged[f"{measured}_ci_low"],
+                                            merged[f"{measured}_ci_high"])
+            judged = merged[column].notna() & merged[f"{measured}_ci_low"].notna() & \
+                ~merged.get("bimodal", pd.Series(False, index=merged.index)).fillna(False)
+            merged[f"paper_in_ci_{measured}"] = inside.where(judged)
     return merged
 
 
 def best_table(runs: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """Table 4: per model, the learning rate with the best (mean) validation accuracy; with
     seeds, ``verdict`` says whether the runner-up's mean lies within the best one's interval."""
-    finished = runs[runs["outcome"] == "ok"]
-    if finished.empty:
+    if not (runs["outcome"] == "ok").any():
         raise ReportError("every selected run failed or diverged; no Table 4 can be built")
-    if has_seeds(runs):
-        table = pd.DataFrame([_best_cell(model, rows) for model, rows in
-                              finished.groupby("model", sort=False)])
-    else:
-        best = finished.loc[finished.groupby("model", sort=False)["val_acc"].idxmax()]
-        table = best[["model", "lr", *ACCURACIES, "train_time_s", "test_loss"]]
-        table = table.reset_index(drop=True)
+    best = _best_cell if has_seeds(runs) else _best_run
+    table = pd.DataFrame([best(model, rows) for model, rows in runs.groupby("model", sort=False)])
     # each row beside the published row of the network whose learning-rate table it is compared
     # with: "lenet (25 epochs)" beside LeNet's, and GoogLeNet beside the report's "LeNet" too
     base = runs.get("base_model", runs["model"])
@@ -215,19 +236,37 @@ def best_table(runs: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
                            on="published_model")
 
 
+def _best_run(model: str, rows: pd.DataFrame) -> dict:
+    """One run per cell: the finished run with the best validation accuracy, or, where none
+    finished, how the model's runs ended."""
+    ranked = rows[rows["outcome"] == "ok"].sort_values("val_acc", ascending=False)
+    if ranked.empty:
+        return {"model": model, "outcome": _worst(rows["outcome"])}
+    return ranked.iloc[0][["model", "lr", "outcome", *ACCURACIES, "train_time_s",
+                           "test_loss"]].to_dict()
+
+
 def _best_cell(model: str, rows: pd.DataFrame) -> dict:
+    """Several runs per cell: the cell with the best mean validation accuracy (its failed runs
+    counted in ``runs`` and ``outcome``), and whether the runner-up ties with it."""
     cells = seed_cells(rows, (*ACCURACIES, "train_time_s", "test_loss"))
-    ranked = cells.sort_values("val_acc", ascending=False).reset_index(drop=True)
+    ranked = cells.sort_values("val_acc", ascending=False, na_position="last")
     best = ranked.iloc[0]
-    if len(ranked) == 1:
-        verdict = "only learning rate"
-    elif pd.isna(best["val_acc_ci_low"]):
-        verdict = "best (one run: no interval)"
-    elif ranked.iloc[1]["val_acc"] >= best["val_acc_ci_low"]:
-        verdict = f"tied with lr={ranked.iloc[1]['lr']:g}"
-    else:
-        verdict = "best"
-    return {"model": model, **best.to_dict(), "verdict": verdict}
+    return {"model": model, **best.to_dict(), "verdict": _verdict(best, ranked.iloc[1:2])}
+
+
+def _verdict(best: pd.Series, runner_up: pd.DataFrame) -> str:
+    """``best``, or ``tied with lr=…`` where either cell's mean lies in the other's interval."""
+    if pd.isna(best["val_acc"]):
+        return "no finished run"
+    if runner_up.empty or pd.isna(runner_up.iloc[0]["val_acc"]):
+        return "only learning rate"
+    other = runner_up.iloc[0]
+    if pd.isna(best["val_acc_ci_low"]) and pd.isna(other["val_acc_ci_high"]):
+        return "best (one run: no interval)"
+    if other["val_acc"] >= best["val_acc_ci_low"] or best["val_acc"] <= other["val_acc_ci_high"]:
+        return f"tied with lr={other['lr']:g}"
+    return "best"
 
 
 def histories(client: MlflowClient, run_ids: list[str]) -> dict[str, list[dict[str, float]]]:
@@ -265,9 +304,14 @@ def _seed_cell(row: pd.Series, metric: str) -> str:
     def number(key: str) -> str:
         return f"{scale * row[key]:.{digits}f}"
 
+    paper = row.get(f"paper_{metric}")
+    published = f" ({scale * paper:.{paper_digits}f})" if pd.notna(paper) else ""
     if row.get("bimodal") and metric in ACCURACIES:
+        between = (f", {row['in_between']} in between ({number(f'{metric}_between')})"
+                   if row["in_between"] else "")
         return (f"bimodal: {row['learned']} learned ({number(f'{metric}_learned')}), "
-                f"{row['at_chance']} at chance ({number(f'{metric}_chance')})")
+                f"{row['at_chance']} at chance ({number(f'{metric}_chance')}){between}"
+                + published)
     if pd.isna(row[metric]):
         return str(row["outcome"])
     text = number(metric)
@@ -275,7 +319,6 @@ def _seed_cell(row: pd.Series, metric: str) -> str:
     if has_interval:
         text += (f" ± {number(f'{metric}_sd')} "
                  f"[{number(f'{metric}_ci_low')}, {number(f'{metric}_ci_high')}]")
-    paper = row.get(f"paper_{metric}")
     if pd.notna(paper):
         if has_interval:
             where = "inside" if row[f"paper_in_ci_{metric}"] else "outside"
@@ -323,8 +366,13 @@ def section_title(runs: pd.DataFrame, model: str) -> str:
     """``LeNet-5: learning rates (report Table 2)``; an epoch variant or labelled runs have no
     table in the report."""
     number = MODELS.get(model, (model, None))[1]
-    return f"{model_title(runs, model)}: learning rates" + (
-        f" (report Table {number})" if number else "")
+    epochs = runs.loc[runs["model"] == model].get("epochs", pd.Series([PAPER_EPOCHS])).iloc[0]
+    if not number:
+        return f"{model_title(runs, model)}: learning rates"
+    if epochs != PAPER_EPOCHS:
+        return (f"{model_title(runs, model)}: learning rates ({epochs} epochs; report Table "
+                f"{number}: {PAPER_EPOCHS} epochs)")
+    return f"{model_title(runs, model)}: learning rates (report Table {number})"
 
 
 def slug(model: str) -> str:
@@ -332,8 +380,10 @@ def slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", model).strip("_")
 
 
-def lr_label(lr: float, n_runs: int) -> str:
-    return f"lr={lr:g}" + (f" ({n_runs} runs)" if n_runs > 1 else "")
+def lr_label(lr: float, n_runs: int, group: str = "") -> str:
+    """``lr=0.01 (5 runs)``; with a group, e.g. ``lr=0.01 learned (4 runs)``."""
+    return f"lr={lr:g}" + (f" {group}" if group else "") + (f" ({n_runs} runs)" if n_runs > 1
+                                                              else "")
 
 
 def curves_by_model(runs: pd.DataFrame,
@@ -341,9 +391,25 @@ def curves_by_model(runs: pd.DataFrame,
     """``{model title: {lr label: [per-epoch history of each run at that lr]}}``, the input of
     the curve figures: one line per learning rate, the mean over its runs (seeds) in a band."""
     return {model_title(runs, model):
-            {lr_label(lr, len(cell)): [curves[run_id] for run_id in cell["run_id"]]
-             for lr, cell in rows.groupby("lr", sort=False)}
+            {label: [curves[run_id] for run_id in group["run_id"]]
+             for lr, cell in rows.groupby("lr", sort=False)
+             for label, group in _curve_groups(lr, cell).items()}
             for model, rows in runs.groupby("model", sort=False)}
+
+
+def _curve_groups(lr: float, cell: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The lines of one learning rate: its finished runs, as the tables count them; a bimodal
+    cell's groups apart, since their mean would describe none of them; where no run finished,
+    the runs as far as they got."""
+    ok = cell[cell["outcome"] == "ok"]
+    if ok.empty:
+        return {lr_label(lr, len(cell), _worst(cell["outcome"])): cell}
+    groups = _modes(ok)
+    if groups["learned"].empty or groups["chance"].empty:
+        return {lr_label(lr, len(ok)): ok}
+    names = {"learned": "learned", "chance": "at chance", "between": "in between"}
+    return {lr_label(lr, len(members), names[group]): members
+            for group, members in groups.items() if not members.empty}
 
 
 def _time_bars(rows: pd.DataFrame) -> tuple[dict, dict]:
@@ -368,11 +434,14 @@ def write_figures(runs: pd.DataFrame, table4: pd.DataFrame, curves: dict, out: P
                                    errors), out / f"{slug(model)}_train_time.png")
         names += [f"{slug(model)}_curves.png", f"{slug(model)}_train_time.png"]
     plots.save(plots.plot_overview(overview), out / "overview_val_acc.png")
-    best_times = dict(zip(table4["model"], table4["train_time_s"], strict=True))
-    best_sds = dict(zip(table4["model"], table4.get("train_time_s_sd", [None] * len(table4)),
-                        strict=True))
-    plots.save(plots.plot_bars(best_times, "training time (s)", "Training time at the best lr",
-                               {k: v for k, v in best_sds.items() if pd.notna(v)}),
+    timed = table4[table4["train_time_s"].notna()]
+    names = [f"{model_title(runs, m)}\nlr={lr:g}" for m, lr in zip(timed["model"], timed["lr"],
+                                                                    strict=True)]
+    best_sds = timed.get("train_time_s_sd", pd.Series(index=timed.index, dtype=float))
+    plots.save(plots.plot_bars(dict(zip(names, timed["train_time_s"], strict=True)),
+                               "training time (s)", "Training time at the best lr",
+                               {k: v for k, v in zip(names, best_sds, strict=True)
+                                if pd.notna(v)}),
                out / "train_time_best.png")
     return [*names, "overview_val_acc.png", "train_time_best.png"]
 

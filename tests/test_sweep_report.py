@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import scipy.stats
@@ -17,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import SMALL_SWEEP, compose_job, run_cli, run_in_process, sqlite_uri
-from mnist_bench import checkpoint, register, report, runs
+from mnist_bench import checkpoint, plots, register, report, runs
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -175,7 +176,8 @@ def test_runs_that_share_a_learning_rate_form_one_curve_of_all_of_them():
     """Seeds (or ``--all-runs`` over two sweeps): both MLP runs at lr 0.01 feed one line (their
     mean, in a band), and neither is dropped."""
     runs = pd.DataFrame({"model": ["mlp", "mlp", "mlp"], "lr": [0.01, 0.01, 0.001],
-                         "run_id": ["aaaaaaa111", "bbbbbbb222", "ccccccc333"]})
+                         "run_id": ["aaaaaaa111", "bbbbbbb222", "ccccccc333"],
+                         "outcome": "ok", "val_acc": 0.9})
     curves = {run_id: [{"val_acc": float(i)}] for i, run_id in enumerate(runs["run_id"])}
     [(title, by_label)] = report.curves_by_model(runs, curves).items()
     assert by_label == {"lr=0.01 (2 runs)": [[{"val_acc": 0.0}], [{"val_acc": 1.0}]],
@@ -184,7 +186,8 @@ def test_runs_that_share_a_learning_rate_form_one_curve_of_all_of_them():
 
 def test_figures_of_an_epoch_variant_carry_the_networks_title_like_its_table():
     runs = pd.DataFrame({"model": ["lenet", "lenet (25 epochs)"], "base_model": ["lenet"] * 2,
-                         "epochs": [10, 25], "lr": [0.0002] * 2, "run_id": ["a1", "b2"]})
+                         "epochs": [10, 25], "lr": [0.0002] * 2, "run_id": ["a1", "b2"],
+                         "outcome": "ok", "val_acc": 0.9})
     curves = {"a1": [{"val_acc": 0.9}], "b2": [{"val_acc": 0.95}]}
     assert list(report.curves_by_model(runs, curves)) == ["LeNet-5", "LeNet-5, 25 epochs"]
     assert report.section_title(runs, "lenet (25 epochs)") == \
@@ -223,8 +226,10 @@ def test_two_sweeps_started_together_keep_apart(tmp_path, data_root):
 # ------------------------------------------------------------------ seeds -----------------
 
 def constructed_runs(cells: dict[float, list[float]], model: str = "lenet") -> pd.DataFrame:
-    """Finished runs with the given final validation accuracies per learning rate."""
-    rows = [{"run_id": f"{lr}-{i}", "model": model, "lr": lr, "outcome": "ok", "val_acc": acc,
+    """Runs with the given final validation accuracies per learning rate; finished, except
+    where an accuracy is NaN: that run diverged."""
+    rows = [{"run_id": f"{lr}-{i}", "model": model, "lr": lr,
+             "outcome": "diverged" if math.isnan(acc) else "ok", "val_acc": acc,
              "train_acc": acc, "test_acc": acc, "train_time_s": 10.0 + i, "test_loss": 0.1}
             for lr, accs in cells.items() for i, acc in enumerate(accs)]
     return pd.DataFrame(rows)
@@ -263,6 +268,88 @@ def test_googlenet_stands_beside_the_published_lenet_rows_in_every_table():
     table2 = paper[(paper["table"] == 2) & (paper["lr"] == 0.01)].iloc[0]
     assert report.lr_table(runs, "googlenet", paper).set_index("lr").loc[
         0.01, "paper_val_acc"] == table2["val_acc"]
+
+
+NAN = math.nan
+
+
+@pytest.mark.parametrize("seeds", [True, False], ids=["seeds", "one run per cell"])
+def test_table4_counts_failed_runs_and_keeps_a_model_whose_runs_all_failed(seeds):
+    mlp = constructed_runs({0.01: [0.97, 0.96, NAN] if seeds else [0.97], 0.02: [NAN]}, "mlp")
+    lenet = constructed_runs({0.01: [NAN, NAN] if seeds else [NAN]}, "lenet")
+    table = report.best_table(pd.concat([mlp, lenet]), report.published()).set_index("model")
+    assert table.loc["mlp", "lr"] == 0.01
+    if seeds:
+        assert (table.loc["mlp", "runs"], table.loc["mlp", "outcome"]) == (3, "2 ok, 1 diverged")
+    assert table.loc["lenet", "outcome"] == ("2 diverged" if seeds else "diverged")
+    assert "diverged" in report._markdown(table.reset_index())
+
+
+def test_table4_keeps_a_model_whose_only_finished_run_has_no_validation_accuracy():
+    runs = pd.concat([constructed_runs({0.01: [0.95]}, "mlp"),
+                      constructed_runs({0.01: [0.97]}, "lenet").assign(val_acc=NAN)])
+    table = report.best_table(runs, report.published()).set_index("model")
+    assert table.loc["mlp", "val_acc"] == 0.95 and table.loc["lenet", "lr"] == 0.01
+
+
+def test_a_single_run_inside_the_runner_ups_interval_is_tied_not_best():
+    runs = constructed_runs({0.01: [0.9721], 0.001: [0.970, 0.972, 0.974, 0.971, 0.973]})
+    assert report.best_table(runs, report.published()).loc[0, "verdict"] == "tied with lr=0.001"
+
+
+def test_a_bimodal_cell_keeps_its_published_value_and_counts_runs_in_between():
+    runs = constructed_runs({0.01: [0.98, 0.98, 0.35, 0.11], 0.0002: [0.93, 0.94]})
+    text = report._markdown(report.lr_table(runs, "lenet", report.published()))
+    assert "bimodal: 2 learned (98.00), 1 at chance (11.00), 1 in between (35.00)" in text
+    assert "(91.7)" in text  # the published validation accuracy of Table 2 at lr 0.01
+
+
+def test_no_published_value_means_no_verdict_on_it():
+    row = report.lr_table(constructed_runs({0.005: [0.95, 0.96]}), "lenet",
+                          report.published()).iloc[0]
+    assert pd.isna(row["paper_val_acc"]) and pd.isna(row["paper_in_ci_val_acc"])
+
+
+def test_curves_leave_out_failed_runs_and_split_a_bimodal_cell():
+    runs = constructed_runs({0.01: [0.97, 0.96, NAN], 0.0002: [0.98, 0.97, 0.11],
+                             0.02: [NAN, NAN]}, "lenet")
+    curves = {r: [{"val_acc": 0.5}] * 10 for r in runs["run_id"]}
+    curves["0.01-2"] = [{"val_acc": 0.5}]  # diverged in its first epoch
+    [(_, groups)] = report.curves_by_model(runs, curves).items()
+    assert {label: len(h) for label, h in groups.items()} == {
+        "lr=0.01 (2 runs)": 2, "lr=0.0002 learned (2 runs)": 2, "lr=0.0002 at chance": 1,
+        "lr=0.02 diverged (2 runs)": 2}
+
+
+def test_a_run_that_stopped_early_does_not_cut_the_others_curves():
+    full = [{"val_acc": 0.1 * epoch} for epoch in range(1, 11)]
+    fig = plots.plot_curves({"lr=0.01 (2 runs)": [full, full[:3]]}, ("val_acc",))
+    mean_line = fig.axes[0].lines[0]
+    assert list(mean_line.get_xdata()) == list(range(1, 11))
+    assert mean_line.get_ydata()[-1] == pytest.approx(1.0)
+
+
+def test_a_selection_of_other_than_10_epochs_says_so_beside_the_published_table():
+    runs = constructed_runs({0.0002: [0.96, 0.97]}).assign(epochs=25, base_model="lenet")
+    assert report.section_title(runs, "lenet") == \
+        "LeNet-5: learning rates (25 epochs; report Table 2: 10 epochs)"
+
+
+def test_a_run_still_starting_without_parameters_is_skipped_with_a_word(tmp_path, store,
+                                                                         capsys):
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.create_experiment("mnist_bench")
+    finished = client.create_run(experiment, tags={"model": "mlp", "sweep_id": "s"})
+    for key, value in {"trainer.epochs": "10", "optimizer.lr": "0.01"}.items():
+        client.log_param(finished.info.run_id, key, value)
+    for metric in ("train_acc", "val_acc", "test_acc"):
+        client.log_metric(finished.info.run_id, metric, 0.97)
+    client.set_terminated(finished.info.run_id)
+    client.create_run(experiment, tags={"model": "mlp", "sweep_id": "s"})  # no params yet
+    mlflow.set_tracking_uri(store)
+    runs = report.load_runs("mnist_bench", "s")
+    assert runs["run_id"].tolist() == [finished.info.run_id]
+    assert "1 run without parameters" in capsys.readouterr().err
 
 
 def test_an_accuracy_interval_stops_at_100_percent():
