@@ -129,6 +129,8 @@ def _with_parameters(runs: pd.DataFrame) -> pd.DataFrame:
 def _outcome(run: pd.Series) -> str:
     if run.get("tags.diverged") == "true":
         return "diverged"
+    if run.get("tags.pruned") == "true":  # an Optuna trial stopped early
+        return "pruned"
     return {"FINISHED": "ok", "FAILED": "failed", "KILLED": "killed"}.get(run["status"], "running")
 
 
@@ -545,9 +547,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_id = "" if args.no_log else log_report(out, args.experiment, chosen.description,
                                                chosen.sweep_id)
-    failed = (chosen.runs["outcome"] != "ok").sum()
-    print(f"report for {chosen.description}: {len(chosen.runs)} runs ({failed} failed or "
-          f"diverged) -> {index}" + (f" (MLflow run {run_id})" if run_id else ""))
+    outcomes = _outcomes(chosen.runs["outcome"])
+    print(f"report for {chosen.description}: {len(chosen.runs)} runs "
+          f"({'all finished' if outcomes == 'ok' else outcomes}) -> {index}"
+          + (f" (MLflow run {run_id})" if run_id else ""))
     return 0
 
 

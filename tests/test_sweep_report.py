@@ -352,6 +352,13 @@ def test_a_run_still_starting_without_parameters_is_skipped_with_a_word(tmp_path
     assert "1 run without parameters" in capsys.readouterr().err
 
 
+def test_a_pruned_trial_is_not_counted_as_a_finished_run():
+    """Optuna's pruned trials end FINISHED with a ``pruned`` tag after a few epochs: their
+    accuracies are no 10-epoch result."""
+    pruned = pd.Series({"status": "FINISHED", "tags.pruned": "true", "tags.diverged": None})
+    assert report._outcome(pruned) == "pruned"
+
+
 def test_an_accuracy_interval_stops_at_100_percent():
     """Two seeds far apart: Student's t interval of the mean would reach past 100 %, which no
     accuracy can; the table shows it cut at the possible range."""
