@@ -60,7 +60,8 @@ def plot_curves(groups: Mapping[str, Sequence[History]],
     for ax, metric in zip(axes[0], metrics, strict=True):
         _draw(ax, groups, metric)
         ax.set(title=CURVE_TITLES.get(metric, metric), xlabel="epoch")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a metric no run logged leaves the panel empty
+            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -37,6 +37,13 @@ CURVE_METRICS = ("train_loss", "train_acc", "val_acc")
 NOT_TRAINING = ("report", "tsne", "sweep", "study")
 METRIC_BOUNDS = {**dict.fromkeys(ACCURACIES, (0.0, 1.0)), "train_time_s": (0.0, math.inf),
                  "test_loss": (0.0, math.inf)}
+# Parameters that change what a run learns. The others (paths, threads, logging, kernels) change
+# only where a run ran or how fast, so the repeats of one cell may differ in them.
+SETTING_PREFIXES = ("model.", "optimizer.", "trainer.", "data.", "augment.", "device.amp")
+NOT_SETTINGS = {"trainer.seed", "trainer.log_every_n_steps", "trainer.test_every_epoch",
+                "trainer.eval_batch_size", "trainer.deterministic", "data.root",
+                "data.num_workers", "data.loader", "data.verify_md5", "optimizer.foreach",
+                "optimizer.fused"}
 CELL_FORMATS = {"train_time_s": (1, 1, 0), "test_loss": (1, 3, 3)}  # scale, digits, paper digits
 
 
@@ -178,6 +185,21 @@ def seed_cells(rows: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
                     row[f"{metric}_{group}"] = members[metric].mean()
         cells.append(row)
     return pd.DataFrame(cells)
+
+
+def mixed_settings(runs: pd.DataFrame) -> list[str]:
+    """One line per cell whose runs differ in a setting besides their seed (e.g. the batch
+    size): its statistics treat them as repeats of one setting, which they are not."""
+    settings = [c for c in runs if c.startswith("params.")
+                and c.removeprefix("params.").startswith(SETTING_PREFIXES)
+                and c.removeprefix("params.") not in NOT_SETTINGS]
+    notes = []
+    for (model, lr), cell in runs.groupby(["model", "lr"], sort=False):
+        differ = [c.removeprefix("params.") for c in settings if cell[c].nunique(dropna=False) > 1]
+        if differ:
+            notes.append(f"{model} lr={lr:g}: its {len(cell)} runs differ in "
+                         f"{', '.join(differ)}, not only in their seed")
+    return notes
 
 
 def _modes(ok: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -459,6 +481,9 @@ def build_report(runs: pd.DataFrame, out: Path, selection: str) -> Path:
                    "Each cell reads *measured (published, measured - published)*; accuracies in "
                    "percent, differences in percentage points.")
                 + " The CSV files hold the raw columns.\n"]
+    if mixed := mixed_settings(runs):
+        sections.append("**Caution:** the statistics of a cell treat its runs as repeats of one "
+                        "setting, but " + "; ".join(mixed) + ".\n")
     for model in runs["model"].unique():
         text = write_table(lr_table(runs, model, paper), out, f"table_{slug(model)}")
         sections.append(f"## {section_title(runs, model)}\n\n{text}\n")
@@ -542,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or Path("reports") / (chosen.sweep_id or args.experiment).replace(
             "/", "_").replace(" + ", "+")
         index = build_report(chosen.runs, out, chosen.description)
+        for note in mixed_settings(chosen.runs):
+            print(f"mnist_bench.report: caution: {note}", file=sys.stderr)
     except ReportError as err:
         print(f"mnist_bench.report: {err}", file=sys.stderr)
         return 2

@@ -359,6 +359,20 @@ def test_a_pruned_trial_is_not_counted_as_a_finished_run():
     assert report._outcome(pruned) == "pruned"
 
 
+def test_a_cell_whose_runs_differ_in_more_than_their_seed_is_named(tmp_path, monkeypatch):
+    """Statistics over a cell treat its runs as repeats; runs of another batch size are not."""
+    runs = constructed_runs({0.01: [0.97, 0.96, 0.95], 0.001: [0.93, 0.94]}, "mlp").assign(
+        **{"params.trainer.batch_size": ["64", "64", "128", "64", "64"],
+           "params.trainer.seed": ["0", "1", "2", "0", "1"],
+           "params.device.num_threads": ["2", "1", "1", "1", "1"], "epochs": 10})
+    assert report.mixed_settings(runs) == [
+        "mlp lr=0.01: its 3 runs differ in trainer.batch_size, not only in their seed"]
+    monkeypatch.setattr(report, "histories", lambda client, run_ids: {
+        r: [{"val_acc": 0.9}] for r in run_ids})
+    index = report.build_report(runs, tmp_path, "constructed").read_text()
+    assert "differ in trainer.batch_size" in index
+
+
 def test_an_accuracy_interval_stops_at_100_percent():
     """Two seeds far apart: Student's t interval of the mean would reach past 100 %, which no
     accuracy can; the table shows it cut at the possible range."""
