@@ -26,7 +26,10 @@ History = Sequence[Mapping[str, float]]
 def _draw(ax, groups: Mapping[str, Sequence[History]], metric: str) -> None:
     """One line per group (e.g. per learning rate): the mean over its histories (e.g. seeds)
     in a band of one standard deviation, cut to the range the runs span, with each run as a
-    thin line, so that seeds that split (some learn, some stay at chance) show as such."""
+    thin line, so that seeds that split (some learn, some stay at chance) show as such. Groups
+    whose labels share their first word (``lr=0.01 learned``, ``lr=0.01 at chance``) share a
+    colour, the later ones dashed."""
+    colours: dict[str, str] = {}
     for label, histories in groups.items():
         curves = [[row[metric] for row in h if metric in row] for h in histories]
         length = max(len(c) for c in curves)
@@ -37,7 +40,10 @@ def _draw(ax, groups: Mapping[str, Sequence[History]], metric: str) -> None:
             row[:len(curve)] = curve
         counts = np.sum(~np.isnan(values), axis=0)  # each epoch's mean is over the runs there
         epochs, mean = np.arange(1, length + 1), np.nansum(values, axis=0) / counts
-        line, = ax.plot(epochs, mean, marker="o", markersize=3, label=label)
+        family = label.split(" ")[0]
+        line, = ax.plot(epochs, mean, marker="o", markersize=3, label=label,
+                        color=colours.get(family), linestyle="--" if family in colours else "-")
+        colours.setdefault(family, line.get_color())
         if len(values) > 1:
             sd = np.sqrt(np.nansum((values - mean) ** 2, axis=0) / np.maximum(counts - 1, 1))
             low = np.maximum(mean - sd, np.nanmin(values, axis=0))

@@ -329,6 +329,18 @@ def test_a_run_that_stopped_early_does_not_cut_the_others_curves():
     assert mean_line.get_ydata()[-1] == pytest.approx(1.0)
 
 
+def test_a_bimodal_cells_groups_share_their_learning_rates_colour():
+    history = [{"val_acc": 0.5}] * 3
+    fig = plots.plot_curves({"lr=0.01 learned (2 runs)": [history] * 2,
+                             "lr=0.01 at chance": [history], "lr=0.001": [history]},
+                            ("val_acc",))
+    lines = {line.get_label(): line for line in fig.axes[0].lines}
+    learned, chance, other = (lines[k] for k in ("lr=0.01 learned (2 runs)",
+                                                  "lr=0.01 at chance", "lr=0.001"))
+    assert learned.get_color() == chance.get_color() != other.get_color()
+    assert (learned.get_linestyle(), chance.get_linestyle()) == ("-", "--")
+
+
 def test_a_selection_of_other_than_10_epochs_says_so_beside_the_published_table():
     runs = constructed_runs({0.0002: [0.96, 0.97]}).assign(epochs=25, base_model="lenet")
     assert report.section_title(runs, "lenet") == \
