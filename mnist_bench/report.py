@@ -459,12 +459,12 @@ def write_figures(runs: pd.DataFrame, table4: pd.DataFrame, curves: dict, out: P
         names += [f"{slug(model)}_curves.png", f"{slug(model)}_train_time.png"]
     plots.save(plots.plot_overview(overview), out / "overview_val_acc.png")
     timed = table4[table4["train_time_s"].notna()]
-    names = [f"{model_title(runs, m)}\nlr={lr:g}" for m, lr in zip(timed["model"], timed["lr"],
-                                                                    strict=True)]
+    bars = [f"{model_title(runs, m)}\nlr={lr:g}" for m, lr in zip(timed["model"], timed["lr"],
+                                                                   strict=True)]
     best_sds = timed.get("train_time_s_sd", pd.Series(index=timed.index, dtype=float))
-    plots.save(plots.plot_bars(dict(zip(names, timed["train_time_s"], strict=True)),
+    plots.save(plots.plot_bars(dict(zip(bars, timed["train_time_s"], strict=True)),
                                "training time (s)", "Training time at the best lr",
-                               {k: v for k, v in zip(names, best_sds, strict=True)
+                               {k: v for k, v in zip(bars, best_sds, strict=True)
                                 if pd.notna(v)}),
                out / "train_time_best.png")
     return [*names, "overview_val_acc.png", "train_time_best.png"]

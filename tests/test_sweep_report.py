@@ -383,6 +383,8 @@ def test_a_cell_whose_runs_differ_in_more_than_their_seed_is_named(tmp_path, mon
         r: [{"val_acc": 0.9}] for r in run_ids})
     index = report.build_report(runs, tmp_path, "constructed").read_text()
     assert "differ in trainer.batch_size" in index
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", index)
+    assert "train_time_best.png" in figures and all((tmp_path / f).is_file() for f in figures)
 
 
 def test_an_accuracy_interval_stops_at_100_percent():
