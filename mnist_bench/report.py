@@ -44,6 +44,7 @@ NOT_SETTINGS = {"trainer.seed", "trainer.log_every_n_steps", "trainer.test_every
                 "trainer.eval_batch_size", "trainer.deterministic", "data.root",
                 "data.num_workers", "data.loader", "data.verify_md5", "optimizer.foreach",
                 "optimizer.fused"}
+NOT_LOGGED = "not logged"  # a finished run without the metric, e.g. one run without a test pass
 CELL_FORMATS = {"train_time_s": (1, 1, 0), "test_loss": (1, 3, 3)}  # scale, digits, paper digits
 
 
@@ -337,7 +338,7 @@ def _seed_cell(row: pd.Series, metric: str) -> str:
                 f"{row['at_chance']} at chance ({number(f'{metric}_chance')}){between}"
                 + published)
     if pd.isna(row[metric]):
-        return str(row["outcome"])
+        return NOT_LOGGED if row["outcome"] == "ok" else str(row["outcome"])
     text = number(metric)
     has_interval = pd.notna(row[f"{metric}_ci_low"])
     if has_interval:
@@ -356,9 +357,10 @@ def _cell(row: pd.Series, metric: str) -> str:
     if row.get("outcome", "ok") != "ok":
         return str(row["outcome"])
     scale, digits, paper_digits = CELL_FORMATS.get(metric, (100, 2, 1))
-    value, text = row[metric], ""
-    if pd.notna(value):
-        text = f"{scale * value:.{digits}f}"
+    value = row[metric]
+    if pd.isna(value):
+        return NOT_LOGGED
+    text = f"{scale * value:.{digits}f}"
     paper = row.get(f"paper_{metric}")
     if pd.notna(paper):
         delta = scale * row[f"delta_{metric}"]

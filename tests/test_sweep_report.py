@@ -387,6 +387,13 @@ def test_a_cell_whose_runs_differ_in_more_than_their_seed_is_named(tmp_path, mon
     assert "train_time_best.png" in figures and all((tmp_path / f).is_file() for f in figures)
 
 
+@pytest.mark.parametrize("seeds", [[0.95, 0.96], [0.95]], ids=["seeds", "one run"])
+def test_a_metric_that_finished_runs_did_not_log_says_so(seeds):
+    runs = constructed_runs({0.01: seeds}, "mlp").assign(test_acc=NAN)
+    text = report._markdown(report.lr_table(runs, "mlp", report.published()))
+    assert "not logged" in text and "nan" not in text
+
+
 def test_an_accuracy_interval_stops_at_100_percent():
     """Two seeds far apart: Student's t interval of the mean would reach past 100 %, which no
     accuracy can; the table shows it cut at the possible range."""
