@@ -243,8 +243,6 @@ def _with_published(table: pd.DataFrame, ref: pd.DataFrame, on: str) -> pd.DataF
 def best_table(runs: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """Table 4: per model, the learning rate with the best (mean) validation accuracy; with
     seeds, ``verdict`` says whether the runner-up's mean lies within the best one's interval."""
-    if not (runs["outcome"] == "ok").any():
-        raise ReportError("every selected run failed or diverged; no Table 4 can be built")
     best = _best_cell if has_seeds(runs) else _best_run
     table = pd.DataFrame([best(model, rows) for model, rows in runs.groupby("model", sort=False)])
     # each row beside the published row of the network whose learning-rate table it is compared
@@ -474,6 +472,9 @@ def write_figures(runs: pd.DataFrame, table4: pd.DataFrame, curves: dict, out: P
 
 def build_report(runs: pd.DataFrame, out: Path, selection: str) -> Path:
     """Write tables, figures and ``index.md`` for ``runs`` into ``out``; returns the index."""
+    if not (runs["outcome"] == "ok").any():
+        raise ReportError(f"every selected run ended {_outcomes(runs['outcome'])}: there is "
+                          "nothing to report")
     out.mkdir(parents=True, exist_ok=True)
     paper = published()
     sections = [f"# MNIST model comparison: {selection}\n",

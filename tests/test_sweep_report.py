@@ -394,6 +394,13 @@ def test_a_metric_that_finished_runs_did_not_log_says_so(seeds):
     assert "not logged" in text and "nan" not in text
 
 
+def test_a_report_of_runs_that_all_failed_is_refused_before_writing_anything(tmp_path):
+    runs = constructed_runs({0.02: [NAN, NAN]}, "mlp")
+    with pytest.raises(report.ReportError, match="every selected run"):
+        report.build_report(runs, tmp_path / "report", "constructed")
+    assert not (tmp_path / "report").exists()
+
+
 def test_an_accuracy_interval_stops_at_100_percent():
     """Two seeds far apart: Student's t interval of the mean would reach past 100 %, which no
     accuracy can; the table shows it cut at the possible range."""
