@@ -172,17 +172,17 @@ def seed_cells(rows: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     cells = []
     for lr, cell in rows.groupby("lr", sort=False):
         ok = cell[cell["outcome"] == "ok"]
-        learned, at_chance = seed_stats.modes(ok["val_acc"])
+        groups = _modes(ok)
+        learned, at_chance = len(groups["learned"]), len(groups["chance"])
         row = {"lr": lr, "runs": len(cell), "outcome": _outcomes(cell["outcome"]),
                "learned": learned, "at_chance": at_chance,
-               "in_between": len(ok) - learned - at_chance,
-               "bimodal": learned > 0 and at_chance > 0}
+               "in_between": len(groups["between"]), "bimodal": learned > 0 and at_chance > 0}
         for metric in metrics:
             stats = seed_stats.summary(ok[metric].tolist(), bounds=METRIC_BOUNDS[metric])
             row |= {metric: stats["mean"], **{f"{metric}_{k}": stats[k] for k in
                                               ("sd", "min", "max", "ci_low", "ci_high")}}
             if row["bimodal"]:
-                for group, members in _modes(ok).items():
+                for group, members in groups.items():
                     row[f"{metric}_{group}"] = members[metric].mean()
         cells.append(row)
     return pd.DataFrame(cells)
@@ -204,11 +204,9 @@ def mixed_settings(runs: pd.DataFrame) -> list[str]:
 
 
 def _modes(ok: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Finished runs by how they ended, as :func:`seed_stats.modes` counts them: ``learned``,
-    ``chance`` and ``between`` (neither)."""
-    learned = ok["val_acc"] > seed_stats.LEARNED_ABOVE
-    chance = ok["val_acc"] < seed_stats.CHANCE_BELOW
-    return {"learned": ok[learned], "chance": ok[chance], "between": ok[~learned & ~chance]}
+    """Finished runs by their final validation accuracy: ``learned``, ``chance`` and
+    ``between`` (:func:`seed_stats.modes`)."""
+    return {group: ok[mask] for group, mask in seed_stats.modes(ok["val_acc"]).items()}
 
 
 def _outcomes(outcomes: pd.Series) -> str:

@@ -36,8 +36,8 @@ def summary(values: Sequence[float],
             "ci_low": max(mean - half, bounds[0]), "ci_high": min(mean + half, bounds[1])}
 
 
-def modes(accuracies: Sequence[float]) -> tuple[int, int]:
-    """(runs that learned, runs that stayed at chance) by their final accuracy."""
+def modes(accuracies: Sequence[float]) -> dict[str, np.ndarray]:
+    """Which runs ``learned``, stayed at ``chance``, or are ``between``, by final accuracy."""
     x = np.asarray(accuracies, dtype=float)
-    return int((x > LEARNED_ABOVE).sum()), int((x < CHANCE_BELOW).sum())
-
+    learned, chance = x > LEARNED_ABOVE, x < CHANCE_BELOW
+    return {"learned": learned, "chance": chance, "between": ~learned & ~chance}
