@@ -7,13 +7,12 @@ about a second.
 
 from __future__ import annotations
 
-import atexit
-import gc
 import logging
 
 import hydra
 from omegaconf import DictConfig
 
+from mnist_bench import gc_control
 from mnist_bench.cli import (
     CONF_DIR,
     ReportedError,
@@ -26,19 +25,17 @@ from mnist_bench.config import config_problems, register_configs
 
 log = logging.getLogger("mnist_bench")
 register_configs()
-# The interpreter's last garbage collection walks every object that torch, MLflow and their
-# imports created, about 2 s on a small CPU; freezing them first skips that walk. Objects stay
-# freed by reference counting; only cycles among them are left to the operating system at exit.
-atexit.register(gc.freeze)
+gc_control.skip_final_collection()
 
 
 def run_job(cfg: DictConfig) -> float:
     problems = config_problems(cfg)
     if problems:
         raise UserError("invalid configuration:\n  " + "\n  ".join(problems))
-    from mnist_bench.job import train_and_track  # torch and MLflow: seconds to import
+    with gc_control.job_scope():
+        from mnist_bench.job import train_and_track  # torch and MLflow: seconds to import
 
-    return train_and_track(cfg)
+        return train_and_track(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

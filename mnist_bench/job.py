@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_bench import checkpoint, runs, sweep_runs, tracking
+from mnist_bench import checkpoint, gc_control, runs, sweep_runs, tracking
 from mnist_bench.cli import UserError, handle_interrupts, raise_if_interrupted, signals_held
 from mnist_bench.config import build
 from mnist_bench.data import DataError, build_splits, unit_pixels
@@ -228,10 +228,12 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
                         search.report(epoch, row)
                 raise_if_interrupted()  # a signal whose KeyboardInterrupt was swallowed
 
+            gc_control.resume()
             result = fit(model, optimizer, splits, cfg.trainer, cfg.device, device,
                          step_model=step_model, result=result, on_epoch_end=end_of_epoch,
                          augment_cfg=cfg.augment)
             test = evaluate(step_model, splits.test, device, cfg.device)
+            gc_control.pause()  # logging builds figures and exports the model
             with signals_held():
                 mlflow.log_metrics({"test_acc": test.acc, "test_loss": test.loss,
                                     "best_val_acc": result.best_val_acc,

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import sys
 import time
 from collections.abc import Callable
 from types import ModuleType
 
 START = time.perf_counter()
+gc.disable()  # as the job does while it imports (mnist_bench/gc_control.py)
 from mnist_bench import __main__ as entry  # noqa: E402
 from mnist_bench import job, tracking  # noqa: E402  (torch, MLflow, matplotlib)
 

@@ -3,7 +3,9 @@
 Each timing is the wall time of one whole ``python -m mnist_bench ...`` process (interpreter
 start, imports, Hydra, data, training, MLflow), i.e. what a user waits for: 1. ``model=mlp
 trainer.epochs=1`` after one untimed run in the same launch folder (so its ``mlflow.db`` exists);
-2. ``trainer.epochs=0``, a config error (must exit non-zero); 3. ``--help``; 4. ``--cfg job``.
+2. ``trainer.epochs=0``, a config error (must exit non-zero); 3. ``--help``; 4. ``--cfg job``;
+5. ``scripts/library_floor.py`` of the working tree (in both columns): what torch and MLflow
+alone cost a tracked run, in one process, before any of the project's own work.
 
 Each command runs in a fresh temporary launch folder per tree, with ``PYTHONPATH`` set to that
 tree's root (the package finds ``conf/`` next to itself), ``$MNIST_DATA_ROOT`` passed on and
@@ -42,6 +44,10 @@ class Command:
     args: tuple[str, ...]
     expect_ok: bool = True
     warm_up: bool = False
+    script: str | None = None  # run this file of the working tree instead of ``-m mnist_bench``
+
+    def argv(self) -> list[str]:
+        return [str(REPO / self.script)] if self.script else ["-m", "mnist_bench", *self.args]
 
 
 COMMANDS = (
@@ -49,6 +55,8 @@ COMMANDS = (
     Command("config error", ("trainer.epochs=0",), expect_ok=False),
     Command("--help", ("--help",)),
     Command("--cfg job", ("--cfg", "job")),
+    Command("libraries alone (scripts/library_floor.py)", (), warm_up=True,
+            script="scripts/library_floor.py"),
 )
 
 
@@ -101,7 +109,7 @@ def time_command(cmd: Command, trees: list[Tree], repeats: int, tmp: Path) -> No
     launch = {tree.name: Path(tempfile.mkdtemp(dir=tmp)) for tree in trees}
     for i in range(0 if cmd.warm_up else 1, repeats + 1):
         for tree in trees:
-            seconds, proc = run(tree, launch[tree.name], ["-m", "mnist_bench", *cmd.args])
+            seconds, proc = run(tree, launch[tree.name], cmd.argv())
             if (proc.returncode == 0) != cmd.expect_ok:
                 tail = "\n".join(proc.stderr.splitlines()[-15:])
                 raise SystemExit(f"{cmd.label} ({tree.name}) exited {proc.returncode}, expected "

@@ -1,6 +1,7 @@
 """``python -m mnist_bench``: the job run in this process through Hydra's compose API (fast
 tier), the real command in a subprocess (``slow``), each read back through MLflow's client."""
 
+import gc
 import hashlib
 import json
 import re
@@ -174,6 +175,29 @@ def test_config_error_is_one_message_before_torch_is_imported(tmp_path):
     assert proc.stdout.split() == ["False", "False", "1"], proc.stdout + proc.stderr
     assert "trainer.epochs=0: must be an integer >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_training_collects_garbage_and_the_job_leaves_the_collector_as_it_was(
+        tmp_path, data_root, monkeypatch):
+    """The collector is paused while a job imports and builds (mnist_bench/gc_control.py), but
+    the training loop must collect (cycles made per step would pile up over a long run), and
+    after a job, also one that fails, nothing stays paused or frozen."""
+    from mnist_bench import job as job_module
+
+    seen = []
+
+    def recording_fit(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return fit(*args, **kwargs)
+
+    fit = job_module.fit
+    monkeypatch.setattr(job_module, "fit", recording_fit)
+    run_in_process(SMALL, tmp_path)
+    assert seen == [True]
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    with pytest.raises(UserError):  # fails inside the job, after the imports
+        run_in_process([f"data.root={tmp_path / 'empty'}", *SMALL], tmp_path)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 @pytest.mark.slow
