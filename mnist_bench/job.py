@@ -34,6 +34,7 @@ from mnist_bench.train import (
 )
 
 log = logging.getLogger("mnist_bench")
+LAUNCH_TAGS = ("hydra_overrides", "hydra_output_dir", "git_commit")  # how a run was started
 
 
 def find_checkpoint(resume: str) -> Path:
@@ -193,6 +194,8 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
     if state is not None:  # this job's folder holds the checkpoint that the run tag names
         checkpoint.save_checkpoint(ckpt_path, **state)
         tags["resumed_from_epoch"] = str(state["epoch"])
+        # the run keeps the record of how it was started; this resume's is tagged beside it
+        tags |= {f"resume_{key}": tags.pop(key) for key in LAUNCH_TAGS}
     n_params = sum(p.numel() for p in model.parameters())
     log.info("%s (%s parameters) on %s, %d training images", model_name, f"{n_params:,}",
              device, splits.n_train)

@@ -568,6 +568,25 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, store, uninterrupt
     assert all(torch.equal(resumed.weights[k], uninterrupted.weights[k]) for k in resumed.weights)
 
 
+def test_a_resumed_run_keeps_how_it_was_launched(tmp_path, store, monkeypatch):
+    """The resume's own command, folder and commit are tagged beside the run's first ones, not
+    over them: the run's record of how it was started is not lost."""
+    args = [*FAST, "trainer.epochs=2", f"tracking.uri={store}"]
+    with monkeypatch.context() as patch:
+        stop_after("metrics", 1, patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_in_process(args, tmp_path)
+    first = only_run(store).data.tags
+    resumed = run_in_process([*args, "trainer.log_every_n_steps=5",
+                              f"resume={only_run(store).info.run_id}"], tmp_path)
+    tags = only_run(store).data.tags
+    for key in ("hydra_overrides", "hydra_output_dir", "git_commit"):
+        assert tags[key] == first[key], key
+    assert tags["resume_hydra_overrides"].endswith("trainer.log_every_n_steps=5")
+    assert tags["resume_hydra_output_dir"] == str(resumed.output_dir) != first["hydra_output_dir"]
+    assert tags["checkpoint"] == str(resumed.output_dir / "checkpoint.pt")  # where resume= looks
+
+
 def test_resume_from_a_file_that_is_no_checkpoint_says_so(tmp_path, store):
     notes = tmp_path / "notes.txt"
     notes.write_text("epoch 3 looked good\n")
