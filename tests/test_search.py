@@ -291,6 +291,9 @@ def search_interrupted_at_start(folder, store: str, monkeypatch) -> list[tuple[s
 
     monkeypatch.setattr(MlflowClient, "create_run", create_then_interrupt)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Ctrl-C raises KeyboardInterrupt, also when pytest was started with SIGINT ignored (a
+    # shell's background job), which handle_interrupts would rightly leave ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cli.handle_interrupts()
     try:
         with pytest.raises(KeyboardInterrupt):
