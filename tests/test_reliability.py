@@ -517,6 +517,16 @@ class Outcome:
     weights: dict[str, torch.Tensor]
 
 
+def interrupted_after_epoch_1(args: list[str], folder: Path, store: str, monkeypatch) -> Run:
+    """The only run in ``store`` after the job ``args`` was interrupted once epoch 1 was
+    recorded."""
+    with monkeypatch.context() as patch:
+        stop_after("metrics", 1, patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_in_process(args, folder)
+    return only_run(store)
+
+
 def outcome(uri: str) -> Outcome:
     run = only_run(uri)
     curves = {key: history(uri, run.info.run_id, key) for key in EPOCH_KEYS}
@@ -572,13 +582,10 @@ def test_a_resumed_run_keeps_how_it_was_launched(tmp_path, store, monkeypatch):
     """The resume's own command, folder and commit are tagged beside the run's first ones, not
     over them: the run's record of how it was started is not lost."""
     args = [*FAST, "trainer.epochs=2", f"tracking.uri={store}"]
-    with monkeypatch.context() as patch:
-        stop_after("metrics", 1, patch)
-        with pytest.raises(KeyboardInterrupt):
-            run_in_process(args, tmp_path)
-    first = only_run(store).data.tags
+    killed = interrupted_after_epoch_1(args, tmp_path, store, monkeypatch)
+    first = killed.data.tags
     resumed = run_in_process([*args, "trainer.log_every_n_steps=5",
-                              f"resume={only_run(store).info.run_id}"], tmp_path)
+                              f"resume={killed.info.run_id}"], tmp_path)
     tags = only_run(store).data.tags
     for key in ("hydra_overrides", "hydra_output_dir", "git_commit"):
         assert tags[key] == first[key], key
@@ -819,11 +826,7 @@ def test_two_resumes_of_one_run_started_at_once_let_exactly_one_write(tmp_path, 
                                                                        data_root, monkeypatch):
     """Both see the run's writer gone; only the one that takes the checkpoint folder goes on."""
     args = [*FAST, "trainer.epochs=3", f"tracking.uri={store}"]
-    with monkeypatch.context() as patch:
-        stop_after("metrics", 1, patch)
-        with pytest.raises(KeyboardInterrupt):
-            run_in_process(args, tmp_path)
-    run_id = only_run(store).info.run_id
+    run_id = interrupted_after_epoch_1(args, tmp_path, store, monkeypatch).info.run_id
     client = MlflowClient(tracking_uri=store)  # as a SIGKILL leaves it:
     client.update_run(run_id, status="RUNNING")
     client.set_tag(run_id, "pid", str(dead_pid()))
