@@ -20,7 +20,8 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def job_scope() -> Iterator[None]:
-    """A job, with collection paused until :func:`resume` and after :func:`pause`.
+    """A job, with collection paused until :func:`resume_collection` and after
+    :func:`pause_collection`.
 
     On leaving, collection is on and nothing is frozen: in a process that runs jobs one after
     another (a sweep's basic launcher, a search), the next job's collections free the cycles
@@ -33,13 +34,13 @@ def job_scope() -> Iterator[None]:
         gc.enable()
 
 
-def resume() -> None:
+def resume_collection() -> None:
     """Collect again, skipping every object that exists now."""
     gc.freeze()
     gc.enable()
 
 
-def pause() -> None:
+def pause_collection() -> None:
     gc.disable()
 
 

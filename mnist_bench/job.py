@@ -231,12 +231,12 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
                         search.report(epoch, row)
                 raise_if_interrupted()  # a signal whose KeyboardInterrupt was swallowed
 
-            gc_control.resume()
+            gc_control.resume_collection()
             result = fit(model, optimizer, splits, cfg.trainer, cfg.device, device,
                          step_model=step_model, result=result, on_epoch_end=end_of_epoch,
                          augment_cfg=cfg.augment)
             test = evaluate(step_model, splits.test, device, cfg.device)
-            gc_control.pause()  # logging builds figures and exports the model
+            gc_control.pause_collection()  # logging builds figures and exports the model
             with signals_held():
                 mlflow.log_metrics({"test_acc": test.acc, "test_loss": test.loss,
                                     "best_val_acc": result.best_val_acc,
