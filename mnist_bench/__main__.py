@@ -25,7 +25,6 @@ from mnist_bench.config import config_problems, register_configs
 
 log = logging.getLogger("mnist_bench")
 register_configs()
-gc_control.skip_final_collection()
 
 
 def run_job(cfg: DictConfig) -> float:

@@ -16,6 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 
+from mnist_bench import process_end
+
 # Absolute, so that Hydra finds it whether a module runs as __main__ or is imported by a
 # process launcher (hydra/launcher=joblib pickles the task function).
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -154,9 +156,15 @@ def interrupted() -> bool:
 
 
 def run_command(hydra_main: Callable[[], object]) -> None:
-    """Run a command's Hydra entry point with SIGTERM as Ctrl-C. After a signal, however the
-    code it landed in handled it (an error, Hydra's exit 1, nothing), the command ends with the
-    one line ``interrupted`` and status 130."""
+    """Run a command's Hydra entry point as the last thing its process does; the process ends
+    right after its exit handlers (:mod:`mnist_bench.process_end`)."""
+    process_end.run_command_then_exit(lambda: _run_interruptible(hydra_main))
+
+
+def _run_interruptible(hydra_main: Callable[[], object]) -> None:
+    """``hydra_main`` with SIGTERM as Ctrl-C. After a signal, however the code it landed in
+    handled it (an error, Hydra's exit 1, nothing), the command ends with the one line
+    ``interrupted`` and status 130."""
     handle_interrupts()
     stopped = False
     try:

@@ -2,7 +2,7 @@
 
 Importing torch, MLflow and their dependencies creates about a million objects. While they are
 made, the collector runs a full collection each time the heap has grown by a quarter, and each
-walks every object made so far; the interpreter's last collection at exit walks them all again.
+walks every object made so far.
 What is imported or built is not garbage, so these walks find nothing, yet they are a large part
 of a one-epoch run (docs/results/command_timings.md). A job therefore pauses the collector while
 it imports and builds, and while it logs its results; the training loop runs with the collector
@@ -12,7 +12,6 @@ counting frees objects as usual throughout.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import gc
 from collections.abc import Iterator
@@ -43,7 +42,3 @@ def resume_collection() -> None:
 def pause_collection() -> None:
     gc.disable()
 
-
-def skip_final_collection() -> None:
-    """Freeze everything at exit, so that the interpreter's last collection walks nothing."""
-    atexit.register(gc.freeze)
