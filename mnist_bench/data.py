@@ -76,15 +76,8 @@ def missing_data_message(root: str | Path, reason: str) -> str:
     )
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _file_problem(path: Path, spec: RawFile, check_md5: bool) -> str | None:
+def _file_problem(path: Path, spec: RawFile) -> str | None:
+    """What is wrong with the file's size or IDX header, before it is read whole."""
     if not path.exists():
         return "file is missing"
     size = path.stat().st_size
@@ -106,27 +99,54 @@ def _file_problem(path: Path, spec: RawFile, check_md5: bool) -> str | None:
             return f"images are {rows}x{cols}, expected 28x28"
     if size != spec.size:
         return f"file is {size} bytes, expected {spec.size} (truncated or padded)"
-    if check_md5 and _md5(path) != spec.md5:
-        return f"MD5 differs from the original MNIST file ({spec.md5})"
     return None
 
 
-def verify_raw_files(root: str | Path, check_md5: bool = True) -> None:
-    """Check size, IDX magic, dimensions, item counts and MD5 of the four raw files.
+@dataclass(frozen=True)
+class RawContents:
+    """The four raw files as read once, and the MD5 of each, by file name."""
+
+    contents: dict[str, bytes]
+    md5: dict[str, str]
+
+    def split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One split's uint8 images (N, 28, 28) and int64 labels (N,)."""
+        images_spec, labels_spec = RAW_FILES[0:2] if train else RAW_FILES[2:4]
+        return _parse(self.contents[images_spec.name], self.contents[labels_spec.name])
+
+
+def read_raw_files(root: str | Path, check_md5: bool = True) -> RawContents:
+    """Read the four raw files once, checking size, IDX magic, dimensions, item counts, labels
+    0-9 and (``check_md5``) the MD5 of the original files.
 
     Raises :class:`DataError` naming every bad file and its problem.
     """
     folder = raw_dir(root)
-    problems = []
+    contents, md5, problems = {}, {}, []
     for spec in RAW_FILES:
+        path = folder / spec.name
         try:
-            problem = _file_problem(folder / spec.name, spec, check_md5)
+            problem = _file_problem(path, spec)
+            if problem is None:
+                contents[spec.name] = path.read_bytes()
         except OSError as err:  # e.g. no read permission
             problem = f"cannot be read ({err.strerror or type(err).__name__})"
+        if problem is None:
+            md5[spec.name] = hashlib.md5(contents[spec.name], usedforsecurity=False).hexdigest()
+            if check_md5 and md5[spec.name] != spec.md5:
+                problem = f"MD5 differs from the original MNIST file ({spec.md5})"
+            elif spec.magic == LABEL_MAGIC and (top := max(contents[spec.name][8:])) > 9:
+                problem = f"holds label {top}; digits are 0-9"
         if problem:
-            problems.append(f"  {folder / spec.name}: {problem}")
+            problems.append(f"  {path}: {problem}")
     if problems:
         raise DataError("MNIST raw files failed their checks:\n" + "\n".join(problems))
+    return RawContents(contents, md5)
+
+
+def verify_raw_files(root: str | Path, check_md5: bool = True) -> None:
+    """:func:`read_raw_files`, for its checks only."""
+    read_raw_files(root, check_md5)
 
 
 def load_mnist(root: str | Path, train: bool, transform=None):
@@ -153,33 +173,36 @@ def socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def ensure_mnist(root: str | Path, check_md5: bool = True) -> None:
-    """Download MNIST if none of its raw files is there, then verify all four.
+def ensure_mnist(root: str | Path, check_md5: bool = True) -> RawContents:
+    """Download MNIST if none of its raw files is there, then read and check all four.
 
     A partial or damaged copy is never downloaded over: it is reported file by file instead.
     """
     if not any((raw_dir(root) / spec.name).exists() for spec in RAW_FILES):
         with socket_timeout(DOWNLOAD_TIMEOUT_S):
             load_mnist(root, train=True)
-    verify_raw_files(root, check_md5=check_md5)
+    return read_raw_files(root, check_md5=check_md5)
+
+
+def _parse(images: bytes, labels: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    """IDX contents whose headers are checked, as uint8 (N, 28, 28) and int64 (N,)."""
+    header = RAW_FILES[0].header_size, RAW_FILES[1].header_size
+    images_t = torch.frombuffer(bytearray(images), dtype=torch.uint8, offset=header[0])
+    labels_t = torch.frombuffer(bytearray(labels), dtype=torch.uint8, offset=header[1])
+    return images_t.view(-1, 28, 28), labels_t.long()
 
 
 def read_mnist(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The verified raw files of one split as uint8 images (N, 28, 28) and int64 labels (N,).
+    """The raw files of one split, which :func:`read_raw_files` has checked, as uint8 images
+    (N, 28, 28) and int64 labels (N,).
 
-    Read straight from the IDX files, which :func:`verify_raw_files` has checked: torchvision's
-    reader would cost its 1.4 s import on every run. Labels outside 0-9 are refused.
+    Read straight from the IDX files: torchvision's reader would cost its 1.4 s import on every
+    run.
     """
     images_spec, labels_spec = RAW_FILES[0:2] if train else RAW_FILES[2:4]
     folder = raw_dir(root)
-    images = torch.frombuffer(bytearray((folder / images_spec.name).read_bytes()),
-                              dtype=torch.uint8, offset=images_spec.header_size)
-    labels = torch.frombuffer(bytearray((folder / labels_spec.name).read_bytes()),
-                              dtype=torch.uint8, offset=labels_spec.header_size)
-    if int(labels.max()) > 9:
-        raise DataError(f"MNIST raw files failed their checks:\n  {folder / labels_spec.name}: "
-                        f"holds label {int(labels.max())}; digits are 0-9")
-    return images.view(-1, 28, 28), labels.long()
+    return _parse((folder / images_spec.name).read_bytes(),
+                  (folder / labels_spec.name).read_bytes())
 
 
 def split_indices(n_train: int, val_size: int,
@@ -236,12 +259,36 @@ class TensorBatches:
                 yield self.x[start:stop], self.y[start:stop]
 
 
+@dataclass(frozen=True)
+class SplitRecord:
+    """What a run records of one split (MLflow's dataset): its uint8 images and labels, and a
+    digest of exactly those: the MD5 of the raw files' MD5s and of the indices taken from them."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    digest: str
+
+
+def split_record(raw: RawContents, train: bool, indices: torch.Tensor | None = None
+                 ) -> SplitRecord:
+    """The record of the images at ``indices`` (all if None) of the training or test files."""
+    images, labels = raw.split(train)
+    digest = hashlib.md5(usedforsecurity=False)
+    for spec in RAW_FILES[0:2] if train else RAW_FILES[2:4]:
+        digest.update(raw.md5[spec.name].encode())
+    if indices is not None:
+        images, labels = images[indices], labels[indices]
+        digest.update(indices.numpy().astype("<i8").tobytes())  # the same on every machine
+    return SplitRecord(images, labels, digest.hexdigest())
+
+
 @dataclass
 class MNISTSplits:
     train: TensorBatches | DataLoader
     val: TensorBatches | DataLoader
     test: TensorBatches | DataLoader
     generator: torch.Generator
+    records: dict[str, SplitRecord]  # by MLflow dataset context: train, validation, test
 
     @property
     def n_train(self) -> int:
@@ -255,15 +302,18 @@ def _n_samples(batches: TensorBatches | DataLoader) -> int:
 def build_splits(data_cfg, batch_size: int, eval_batch_size: int, device: torch.device,
                  seed: int) -> MNISTSplits:
     """Verify the raw files, load MNIST and return train/validation/test batch iterables."""
-    ensure_mnist(data_cfg.root, check_md5=data_cfg.verify_md5)
+    raw = ensure_mnist(data_cfg.root, check_md5=data_cfg.verify_md5)
     generator = torch.Generator().manual_seed(seed)
     train_idx, val_idx = configured_split(data_cfg)
+    records = {"train": split_record(raw, True, train_idx),
+               "validation": split_record(raw, True, val_idx),
+               "test": split_record(raw, False)}
     drop_last = drops_single_image(len(train_idx), batch_size)
     if data_cfg.loader == Loader.torch:
         return _dataloader_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size,
-                                  generator, drop_last)
-    return _tensor_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size, device,
-                          generator, drop_last)
+                                  generator, drop_last, records)
+    return _tensor_splits(data_cfg, batch_size, eval_batch_size, device, generator, drop_last,
+                          records)
 
 
 def drops_single_image(n_train: int, batch_size: int) -> bool:
@@ -280,27 +330,25 @@ def drops_single_image(n_train: int, batch_size: int) -> bool:
     return True
 
 
-def _tensor_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size, device,
-                   generator, drop_last: bool) -> MNISTSplits:
-    train_images, train_labels = read_mnist(data_cfg.root, train=True)
+def _tensor_splits(data_cfg, batch_size, eval_batch_size, device, generator, drop_last: bool,
+                   records: dict[str, SplitRecord]) -> MNISTSplits:
+    def on_device(record: SplitRecord) -> tuple[torch.Tensor, torch.Tensor]:
+        return (scale_images(record.images, data_cfg.normalize).to(device),
+                record.labels.to(device))
 
-    def on_device(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return scale_images(images, data_cfg.normalize).to(device), labels.to(device)
-
-    x_train, y_train = on_device(train_images[train_idx], train_labels[train_idx])
-    x_val, y_val = on_device(train_images[val_idx], train_labels[val_idx])
-    x_test, y_test = on_device(*read_mnist(data_cfg.root, train=False))
     return MNISTSplits(
-        train=TensorBatches(x_train, y_train, batch_size, shuffle=True, generator=generator,
-                            drop_last=drop_last),
-        val=TensorBatches(x_val, y_val, eval_batch_size, shuffle=False),
-        test=TensorBatches(x_test, y_test, eval_batch_size, shuffle=False),
+        train=TensorBatches(*on_device(records["train"]), batch_size, shuffle=True,
+                            generator=generator, drop_last=drop_last),
+        val=TensorBatches(*on_device(records["validation"]), eval_batch_size, shuffle=False),
+        test=TensorBatches(*on_device(records["test"]), eval_batch_size, shuffle=False),
         generator=generator,
+        records=records,
     )
 
 
 def _dataloader_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size,
-                       generator, drop_last: bool) -> MNISTSplits:
+                       generator, drop_last: bool, records: dict[str, SplitRecord]
+                       ) -> MNISTSplits:
     from torchvision import transforms
 
     steps = [transforms.ToTensor()]
@@ -321,4 +369,5 @@ def _dataloader_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size
         val=loader(Subset(train_set, val_idx.tolist()), eval_batch_size, shuffle=False),
         test=loader(test_set, eval_batch_size, shuffle=False),
         generator=generator,
+        records=records,
     )

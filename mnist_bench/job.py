@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_bench import checkpoint, gc_control, runs, sweep_runs, tracking
+from mnist_bench import checkpoint, figure_worker, gc_control, metrics, runs, sweep_runs, tracking
 from mnist_bench.cli import UserError, handle_interrupts, raise_if_interrupted, signals_held
 from mnist_bench.config import build
 from mnist_bench.data import DataError, build_splits, unit_pixels
@@ -150,6 +150,7 @@ def train_and_track(cfg: DictConfig) -> float:
 
 def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
     launch_dir, output_dir, tags = job_context()
+    figures = held.enter_context(figure_worker.started())  # imports matplotlib meanwhile
     try:
         device = resolve_device(cfg.device.type)
     except RuntimeError as err:
@@ -211,7 +212,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
             with signals_held():
                 if state is None:
                     tracking.log_config(cfg, output_dir / ".hydra")
-                    tracking.log_datasets(cfg.data)
+                    tracking.log_datasets(splits.records, cfg.data.root)
                 else:
                     tracking.log_missing_epochs(run_id, state["history"])
                 if search is not None:
@@ -236,18 +237,19 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
                          step_model=step_model, result=result, on_epoch_end=end_of_epoch,
                          augment_cfg=cfg.augment)
             test = evaluate(step_model, splits.test, device, cfg.device)
-            gc_control.pause_collection()  # logging builds figures and exports the model
+            gc_control.pause_collection()  # logging exports the model
+            targets, predictions = test.targets.numpy(), test.predictions.numpy()
+            figures.draw(result.history, metrics.confusion_matrix(targets, predictions),
+                         f"{model_name}, {opt_name} lr={cfg.optimizer.lr:g}")
             with signals_held():
                 mlflow.log_metrics({"test_acc": test.acc, "test_loss": test.loss,
                                     "best_val_acc": result.best_val_acc,
                                     "train_time_s": result.train_time_s, "n_params": n_params})
-                tracking.log_evaluation(result.history, test.targets.numpy(),
-                                        test.predictions.numpy(),
-                                        f"{model_name}, {opt_name} lr={cfg.optimizer.lr:g}")
-                if cfg.tracking.log_model:
+                if cfg.tracking.log_model:  # while the helper draws the figures
                     images = next(iter(splits.test))[0][:4]
                     tracking.log_model(model, unit_pixels(images, cfg.data.normalize),
                                        cfg.data.normalize, logged_model_name(cfg))
+                tracking.log_evaluation(targets, predictions, figures.finished())
     except PrunedError as err:
         print(f"{model_name} lr={cfg.optimizer.lr:g}: {err} run_id={run_id}", flush=True)
         return err.value

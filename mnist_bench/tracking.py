@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import logging
 import os
 import socket
@@ -29,7 +28,7 @@ from mlflow.entities import Metric, Run
 from mlflow.models import infer_signature
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_bench import data, metrics, plots
+from mnist_bench import data, metrics
 from mnist_bench.cli import UserError, interrupted, signals_held
 from mnist_bench.models.classifier import CONTRACT, DigitClassifier
 from mnist_bench.store_lock import sqlite_lock
@@ -233,24 +232,17 @@ def log_config(cfg: DictConfig, hydra_dir: Path | None) -> None:
         mlflow.log_artifacts(str(hydra_dir), "hydra")
 
 
-def log_datasets(data_cfg: DictConfig) -> None:
+def log_datasets(records: Mapping[str, data.SplitRecord], root: str) -> None:
     """The training, validation and test images as MLflow datasets (the runs table's Dataset
-    column): each with a digest of its exact images and labels, and the folder it came from."""
-    train_images, train_labels = data.read_mnist(data_cfg.root, train=True)
-    train_idx, val_idx = data.configured_split(data_cfg)
-    splits = {"train": (train_images[train_idx], train_labels[train_idx]),
-              "validation": (train_images[val_idx], train_labels[val_idx]),
-              "test": data.read_mnist(data_cfg.root, train=False)}
-    source = str(data.raw_dir(data_cfg.root))
-    for context, (images, labels) in splits.items():
-        # MLflow's own numpy digest hashes only the first 10,000 values; this one, every byte
-        digest = hashlib.md5(images.numpy().tobytes(), usedforsecurity=False)
-        digest.update(labels.numpy().tobytes())
+    column): each with a digest of its exact images and labels (:class:`data.SplitRecord`), and
+    the folder it came from."""
+    source = str(data.raw_dir(root))
+    for context, record in records.items():
         with warnings.catch_warnings():  # MLflow 3 registers its local source class twice
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
-            dataset = mlflow.data.from_numpy(images.numpy(), targets=labels.numpy(),
+            dataset = mlflow.data.from_numpy(record.images.numpy(), targets=record.labels.numpy(),
                                              source=source, name=f"mnist-{context}",
-                                             digest=digest.hexdigest())
+                                             digest=record.digest)
         mlflow.log_input(dataset, context=context)
 
 
@@ -258,19 +250,13 @@ def log_epoch(epoch: int, row: Mapping[str, float]) -> None:
     mlflow.log_metrics(dict(row), step=epoch)
 
 
-def log_figure(fig, name: str) -> None:
-    mlflow.log_figure(fig, name)
-    plots.plt.close(fig)
-
-
-def log_evaluation(history, targets: np.ndarray, predictions: np.ndarray, title: str) -> None:
-    """Curves, confusion matrix and classification report of a finished run."""
-    log_figure(plots.plot_curves({title: [history]}, title=title), "figures/curves.png")
-    log_figure(plots.plot_confusion_matrix(metrics.confusion_matrix(targets, predictions),
-                                           f"{title}: test set"), "figures/confusion_matrix.png")
+def log_evaluation(targets: np.ndarray, predictions: np.ndarray, figures: Sequence[Path]) -> None:
+    """The classification report of a finished run's test pass, and its figures."""
     report = metrics.classification_report(targets, predictions)
     mlflow.log_text(metrics.format_report(report), "classification_report.txt")
     mlflow.log_dict(report, "classification_report.json")
+    for path in figures:
+        mlflow.log_artifact(str(path), "figures")
 
 
 def log_model(model: torch.nn.Module, pixels: torch.Tensor, normalize: str, name: str) -> None:

@@ -22,15 +22,16 @@ from types import ModuleType
 START = time.perf_counter()
 gc.disable()  # as the job does while it imports (mnist_bench/gc_control.py)
 from mnist_bench import __main__ as entry  # noqa: E402
-from mnist_bench import job, tracking  # noqa: E402  (torch, MLflow, matplotlib)
+from mnist_bench import figure_worker, job, tracking  # noqa: E402  (torch, MLflow)
 
 IMPORTED = time.perf_counter()
-STEPS = {tracking: ["open_store", "log_config", "log_datasets", "log_evaluation", "log_model"],
-         job: ["build_splits", "fit", "evaluate"]}
+STEPS = {tracking: ["open_store", "log_config", "log_datasets", "log_model", "log_evaluation"],
+         job: ["build_splits", "fit", "evaluate"],
+         figure_worker.FigureWorker: ["finished"]}  # waiting for the figures' helper
 timings: list[tuple[str, float, float]] = [("imports", START, IMPORTED)]
 
 
-def timed(module: ModuleType, name: str) -> None:
+def timed(module: ModuleType | type, name: str) -> None:
     original: Callable = getattr(module, name)
 
     @functools.wraps(original)

@@ -72,11 +72,13 @@ def test_datasets_are_logged_as_inputs(mlp_run):
                 for name, d in inputs.items()}
     assert contexts == {"mnist-train": "train", "mnist-validation": "validation",
                         "mnist-test": "test"}
-    train_images, train_labels = read_mnist(DATA_ROOT, train=True)
-    val_idx = configured_split(compose_cfg().data)[1]
-    expected = hashlib.md5(train_images[val_idx].numpy().tobytes() +
-                           train_labels[val_idx].numpy().tobytes()).hexdigest()
-    assert inputs["mnist-validation"].dataset.digest == expected  # exactly those images
+    # exactly those images: the MD5 of the raw files' MD5s and of the indices taken from them
+    raw = DATA_ROOT / "MNIST" / "raw"
+    expected = hashlib.md5()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        expected.update(hashlib.md5((raw / name).read_bytes()).hexdigest().encode())
+    expected.update(configured_split(compose_cfg().data)[1].numpy().astype("<i8").tobytes())
+    assert inputs["mnist-validation"].dataset.digest == expected.hexdigest()
     assert len({d.dataset.digest for d in inputs.values()}) == 3
 
 

@@ -103,7 +103,7 @@ def test_augmentation_runs_on_the_training_device(device, monkeypatch):
     cfg = compose_preset("speedrun", "trainer.epochs=1", f"device.type={device}")
     x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))  # on the CPU
     batches = TensorBatches(x, y, 64, shuffle=True)
-    splits = MNISTSplits(batches, batches, batches, torch.Generator())
+    splits = MNISTSplits(batches, batches, batches, torch.Generator(), records={})
     model = SmallCNN(width=8).to(device)
     fit(model, torch.optim.Adam(model.parameters()), splits, cfg.trainer, cfg.device,
         torch.device(device), augment_cfg=AFFINE)

@@ -11,6 +11,7 @@ Every result is read back with ``MlflowClient``.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import signal
@@ -32,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from test_config import compose_cfg
 
 from conftest import compose_job, copy_store, run_cli, run_in_process, sqlite_uri
-from mnist_bench import checkpoint, cli, data, job, runs, tracking, train
+from mnist_bench import checkpoint, cli, data, figure_worker, job, runs, tracking, train
 from mnist_bench.cli import UserError
 from mnist_bench.config import config_problems
 from mnist_bench.train import DivergedError, fit
@@ -411,6 +412,56 @@ def test_a_full_disk_while_recording_the_error_still_ends_the_run_failed(tmp_pat
     run = only_run(store)
     assert run.info.status == "FAILED"
     assert "could not record error (" in caplog.text and "disk is full" in caplog.text
+
+
+@pytest.fixture
+def figure_helpers(monkeypatch) -> list[figure_worker.FigureWorker]:
+    """Every figure helper started while the test runs (mnist_bench/figure_worker.py)."""
+    started = []
+    original = figure_worker.FigureWorker.__init__
+
+    def recording(self, folder):
+        original(self, folder)
+        started.append(self)
+
+    monkeypatch.setattr(figure_worker.FigureWorker, "__init__", recording)
+    return started
+
+
+def test_a_figure_helper_that_fails_ends_the_run_failed_with_its_reason(
+        tmp_path, store, monkeypatch, caplog, figure_helpers):
+    def request_without_matrix(self, history, confusion, title):
+        self.process.stdin.write(json.dumps({"history": history, "title": title}).encode())
+        self.process.stdin.close()
+
+    monkeypatch.setattr(figure_worker.FigureWorker, "draw", request_without_matrix)
+    with pytest.raises(figure_worker.FiguresFailed):
+        run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)
+    run = only_run(store)
+    assert run.info.status == "FAILED" and "KeyError: 'confusion'" in run.data.tags["error"]
+    assert "the figures could not be drawn: KeyError: 'confusion'" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert [helper.process.poll() for helper in figure_helpers] == [1]
+
+
+def test_a_job_that_fails_leaves_no_figure_helper_running(tmp_path, store, monkeypatch,
+                                                          figure_helpers):
+    def broken_fit(*_args, **_kwargs):
+        assert figure_helpers[0].process.poll() is None  # started with the job, waiting
+        raise RuntimeError("something broke in training")
+
+    monkeypatch.setattr(job, "fit", broken_fit)
+    with pytest.raises(RuntimeError, match="something broke"):
+        run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)
+    assert only_run(store).info.status == "FAILED"
+    assert figure_helpers[0].process.poll() == -signal.SIGKILL  # stopped, not left waiting
+
+
+def test_a_figure_helper_whose_job_died_ends_without_drawing(tmp_path):
+    worker = figure_worker.FigureWorker(tmp_path)
+    worker.process.stdin.close()  # what the job's death does to the helper's input
+    assert worker.process.wait(timeout=60) == 0
+    assert not any(tmp_path.glob("*.png"))
 
 
 @pytest.mark.slow

@@ -1,0 +1,115 @@
+"""A run's figures (learning curves, confusion matrix), drawn by a helper process.
+
+Importing matplotlib and drawing the two figures take about 0.7 s of a one-epoch run, all of it
+Python that holds the GIL, so no thread can overlap it with the job's own work. A job therefore
+starts this module as a helper process when it starts: the helper imports matplotlib on the
+other core while the job trains, draws once the job hands it the results of its test pass, and
+writes the figures as PNG files, which the job logs once it has logged the model. The helper
+only writes files: the job's process is the only one that writes its MLflow run.
+
+The helper gets JSON on its standard input and reads nothing else. It ignores Ctrl-C and SIGTERM
+and runs in its own session: the job stops it (at its end, or when it fails or is interrupted).
+A helper whose job died without a word reads the end of its input and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mnist_bench.cli import ReportedError
+
+log = logging.getLogger("mnist_bench")
+FIGURES = ("curves.png", "confusion_matrix.png")
+ERRORS = "helper.err"  # the helper's standard error, in its folder
+
+
+class FiguresFailed(ReportedError):
+    """The helper could not draw the figures; logged, in one line, when raised."""
+
+
+class FigureWorker:
+    """The job's side of one helper process, drawing into ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        with open(folder / ERRORS, "wb") as errors:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mnist_bench.figure_worker", str(folder)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
+                start_new_session=True)
+
+    def draw(self, history: Sequence[Mapping[str, float]], confusion: np.ndarray,
+             title: str) -> None:
+        """Hand the helper what to draw; it draws while the job goes on."""
+        request = {"history": list(map(dict, history)), "confusion": confusion.tolist(),
+                   "title": title}
+        with contextlib.suppress(BrokenPipeError):  # a helper that died: finished() says why
+            self.process.stdin.write(json.dumps(request).encode())
+            self.process.stdin.close()
+
+    def finished(self) -> list[Path]:
+        """Wait for the helper; the figures it drew, or :class:`FiguresFailed`."""
+        status = self.process.wait()
+        if status != 0:
+            said = (self.folder / ERRORS).read_text(errors="replace").strip().splitlines()
+            message = ("the figures could not be drawn: "
+                       + (said[-1] if said else f"the helper ended with status {status}"))
+            log.error("%s", message)
+            raise FiguresFailed(message)
+        return [self.folder / name for name in FIGURES]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if self.process.stdin and not self.process.stdin.closed:
+            self.process.stdin.close()
+
+
+@contextlib.contextmanager
+def started() -> Iterator[FigureWorker]:
+    """A helper for the length of the block, stopped and its folder removed on leaving."""
+    with tempfile.TemporaryDirectory(prefix="mnist_bench_figures_") as folder:
+        worker = FigureWorker(Path(folder))
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+
+def draw(request: Mapping, folder: Path) -> None:
+    from mnist_bench import plots
+
+    title = request["title"]
+    plots.save(plots.plot_curves({title: [request["history"]]}, title=title),
+               folder / "curves.png")
+    plots.save(plots.plot_confusion_matrix(np.array(request["confusion"]), f"{title}: test set"),
+               folder / "confusion_matrix.png")
+
+
+def main() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    from mnist_bench import plots  # noqa: F401  (matplotlib: imported while the job trains)
+
+    request = sys.stdin.read()
+    if not request:  # the job ended before its test pass
+        return
+    try:
+        draw(json.loads(request), Path(sys.argv[1]))
+    except Exception as err:  # one line for the job's log, not a traceback in the helper's file
+        sys.exit(" ".join(f"{type(err).__name__}: {err}".split())[:300])
+
+
+if __name__ == "__main__":
+    main()
