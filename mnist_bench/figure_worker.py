@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -42,11 +43,14 @@ class FigureWorker:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        # the helper runs this copy of the package, wherever the job found it
+        package_root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         with open(folder / ERRORS, "wb") as errors:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mnist_bench.figure_worker", str(folder)],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
-                start_new_session=True)
+                start_new_session=True, env=os.environ | {"PYTHONPATH": path})
 
     def draw(self, history: Sequence[Mapping[str, float]], confusion: np.ndarray,
              title: str) -> None:
