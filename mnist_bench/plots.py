@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -51,6 +52,9 @@ def _draw(ax, groups: Mapping[str, Sequence[History]], metric: str) -> None:
             ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
             ax.plot(epochs, values.T, color=line.get_color(), linewidth=0.6, alpha=0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    low, high = ax.get_xlim()
+    if high - low < 2:  # one epoch: the locator would fall back to fractions of one
+        ax.set_xticks(range(math.ceil(low), math.floor(high) + 1))
     ax.grid(alpha=0.3)
 
 

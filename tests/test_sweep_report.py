@@ -329,6 +329,16 @@ def test_a_run_that_stopped_early_does_not_cut_the_others_curves():
     assert mean_line.get_ydata()[-1] == pytest.approx(1.0)
 
 
+def test_epochs_are_ticked_as_whole_numbers_also_for_a_single_epoch():
+    for epochs in (1, 10):
+        history = [{"val_acc": 0.9}] * epochs
+        ax = plots.plot_curves({"lr=0.01": [history]}, ("val_acc",)).axes[0]
+        low, high = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if low <= t <= high]
+        assert 1 in shown and all(t == int(t) for t in shown), (epochs, shown)
+        plots.plt.close(ax.figure)
+
+
 def test_a_bimodal_cells_groups_share_their_learning_rates_colour():
     history = [{"val_acc": 0.5}] * 3
     fig = plots.plot_curves({"lr=0.01 learned (2 runs)": [history] * 2,
