@@ -24,6 +24,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from mnist_bench.cli import ReportedError
 log = logging.getLogger("mnist_bench")
 FIGURES = ("curves.png", "confusion_matrix.png")
 ERRORS = "helper.err"  # the helper's standard error, in its folder
+DRAWING_TIMEOUT_S = 120.0  # it draws in about half a second; longer means it is stuck
 
 
 class FiguresFailed(ReportedError):
@@ -63,14 +65,19 @@ class FigureWorker:
 
     def finished(self) -> list[Path]:
         """Wait for the helper; the figures it drew, or :class:`FiguresFailed`."""
-        status = self.process.wait()
+        try:
+            status = self.process.wait(timeout=DRAWING_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._fail(f"the helper did not finish within {DRAWING_TIMEOUT_S:g} s")
         if status != 0:
             said = (self.folder / ERRORS).read_text(errors="replace").strip().splitlines()
-            message = ("the figures could not be drawn: "
-                       + (said[-1] if said else f"the helper ended with status {status}"))
-            log.error("%s", message)
-            raise FiguresFailed(message)
+            self._fail(said[-1] if said else f"the helper ended with status {status}")
         return [self.folder / name for name in FIGURES]
+
+    def _fail(self, reason: str) -> NoReturn:
+        message = f"the figures could not be drawn: {reason}"
+        log.error("%s", message)
+        raise FiguresFailed(message)
 
     def stop(self) -> None:
         if self.process.poll() is None:

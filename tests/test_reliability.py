@@ -444,6 +444,17 @@ def test_a_figure_helper_that_fails_ends_the_run_failed_with_its_reason(
     assert [helper.process.poll() for helper in figure_helpers] == [1]
 
 
+def test_a_stuck_figure_helper_ends_the_run_failed_instead_of_waiting(
+        tmp_path, store, monkeypatch, caplog, figure_helpers):
+    monkeypatch.setattr(figure_worker.FigureWorker, "draw", lambda *_: None)  # input left open
+    monkeypatch.setattr(figure_worker, "DRAWING_TIMEOUT_S", 1.0)
+    with pytest.raises(figure_worker.FiguresFailed):
+        run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)
+    assert only_run(store).info.status == "FAILED"
+    assert "the figures could not be drawn: the helper did not finish within 1 s" in caplog.text
+    assert figure_helpers[0].process.poll() == -signal.SIGKILL
+
+
 def test_a_job_that_fails_leaves_no_figure_helper_running(tmp_path, store, monkeypatch,
                                                           figure_helpers):
     def broken_fit(*_args, **_kwargs):
