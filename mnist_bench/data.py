@@ -269,17 +269,23 @@ class SplitRecord:
     digest: str
 
 
-def split_record(raw: RawContents, train: bool, indices: torch.Tensor | None = None
-                 ) -> SplitRecord:
-    """The record of the images at ``indices`` (all if None) of the training or test files."""
-    images, labels = raw.split(train)
-    digest = hashlib.md5(usedforsecurity=False)
-    for spec in RAW_FILES[0:2] if train else RAW_FILES[2:4]:
-        digest.update(raw.md5[spec.name].encode())
-    if indices is not None:
-        images, labels = images[indices], labels[indices]
-        digest.update(indices.numpy().astype("<i8").tobytes())  # the same on every machine
-    return SplitRecord(images, labels, digest.hexdigest())
+def split_records(raw: RawContents, train_idx: torch.Tensor,
+                  val_idx: torch.Tensor) -> dict[str, SplitRecord]:
+    """The training and validation images at their indices in the training files, and the
+    test files' images, by MLflow dataset context."""
+    def record(train: bool, indices: torch.Tensor | None) -> SplitRecord:
+        images, labels = parsed[train]
+        digest = hashlib.md5(usedforsecurity=False)
+        for spec in RAW_FILES[0:2] if train else RAW_FILES[2:4]:
+            digest.update(raw.md5[spec.name].encode())
+        if indices is not None:
+            images, labels = images[indices], labels[indices]
+            digest.update(indices.numpy().astype("<i8").tobytes())  # the same on every machine
+        return SplitRecord(images, labels, digest.hexdigest())
+
+    parsed = {train: raw.split(train) for train in (True, False)}
+    return {"train": record(True, train_idx), "validation": record(True, val_idx),
+            "test": record(False, None)}
 
 
 @dataclass
@@ -305,9 +311,7 @@ def build_splits(data_cfg, batch_size: int, eval_batch_size: int, device: torch.
     raw = ensure_mnist(data_cfg.root, check_md5=data_cfg.verify_md5)
     generator = torch.Generator().manual_seed(seed)
     train_idx, val_idx = configured_split(data_cfg)
-    records = {"train": split_record(raw, True, train_idx),
-               "validation": split_record(raw, True, val_idx),
-               "test": split_record(raw, False)}
+    records = split_records(raw, train_idx, val_idx)
     drop_last = drops_single_image(len(train_idx), batch_size)
     if data_cfg.loader == Loader.torch:
         return _dataloader_splits(data_cfg, train_idx, val_idx, batch_size, eval_batch_size,
