@@ -2,14 +2,15 @@
 
 Importing matplotlib and drawing the two figures take about 0.7 s of a one-epoch run, all of it
 Python that holds the GIL, so no thread can overlap it with the job's own work. A job therefore
-starts this module as a helper process when it starts: the helper imports matplotlib on the
-other core while the job trains, draws once the job hands it the results of its test pass, and
-writes the figures as PNG files, which the job logs once it has logged the model. The helper
-only writes files: the job's process is the only one that writes its MLflow run.
+starts a helper process (its program: :mod:`mnist_bench.figure_helper`) when it starts: the
+helper imports matplotlib on the other core while the job trains, draws once the job hands it
+the results of its test pass, and writes the figures as PNG files, which the job logs once it
+has logged the model. The helper only writes files: the job's process is the only one that
+writes its MLflow run.
 
 The helper gets JSON on its standard input and reads nothing else. It ignores Ctrl-C and SIGTERM
 and runs in its own session: the job stops it (at its end, or when it fails or is interrupted).
-A helper whose job died without a word reads the end of its input and exits.
+A helper whose job died without a word reads the end of its input, removes its folder and exits.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,11 +28,15 @@ from typing import NoReturn
 import numpy as np
 
 from mnist_bench.cli import ReportedError
+from mnist_bench.figure_helper import FIGURES
 
 log = logging.getLogger("mnist_bench")
-FIGURES = ("curves.png", "confusion_matrix.png")
 ERRORS = "helper.err"  # the helper's standard error, in its folder
 DRAWING_TIMEOUT_S = 120.0  # it draws in about half a second; longer means it is stuck
+# The helper runs this copy of the package, wherever the job found it: first on its path, before
+# the folder it starts in (``python -m`` would put that first).
+HELPER = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+          "from mnist_bench.figure_helper import main; main()")
 
 
 class FiguresFailed(ReportedError):
@@ -45,14 +48,10 @@ class FigureWorker:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        # the helper runs this copy of the package, wherever the job found it
-        package_root = str(Path(__file__).resolve().parents[1])
-        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         with open(folder / ERRORS, "wb") as errors:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mnist_bench.figure_worker", str(folder)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
-                start_new_session=True, env=os.environ | {"PYTHONPATH": path})
+                [sys.executable, "-c", HELPER, str(folder)], stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True)
 
     def draw(self, history: Sequence[Mapping[str, float]], confusion: np.ndarray,
              title: str) -> None:
@@ -83,7 +82,7 @@ class FigureWorker:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
-        if self.process.stdin and not self.process.stdin.closed:
+        with contextlib.suppress(OSError):  # what a dead helper never read cannot be flushed
             self.process.stdin.close()
 
 
@@ -96,33 +95,3 @@ def started() -> Iterator[FigureWorker]:
             yield worker
         finally:
             worker.stop()
-
-
-def draw(request: Mapping, folder: Path) -> None:
-    from mnist_bench import plots
-
-    title = request["title"]
-    plots.save(plots.plot_curves({title: [request["history"]]}, title=title),
-               folder / "curves.png")
-    plots.save(plots.plot_confusion_matrix(np.array(request["confusion"]), f"{title}: test set"),
-               folder / "confusion_matrix.png")
-
-
-def main() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    if hasattr(os, "nice"):  # a core both want goes to the job
-        os.nice(10)
-    from mnist_bench import plots  # noqa: F401  (matplotlib: imported while the job trains)
-
-    request = sys.stdin.read()
-    if not request:  # the job ended before its test pass
-        return
-    try:
-        draw(json.loads(request), Path(sys.argv[1]))
-    except Exception as err:  # one line for the job's log, not a traceback in the helper's file
-        sys.exit(" ".join(f"{type(err).__name__}: {err}".split())[:300])
-
-
-if __name__ == "__main__":
-    main()

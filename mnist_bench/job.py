@@ -249,7 +249,9 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
                     images = next(iter(splits.test))[0][:4]
                     tracking.log_model(model, unit_pixels(images, cfg.data.normalize),
                                        cfg.data.normalize, logged_model_name(cfg))
-                tracking.log_evaluation(targets, predictions, figures.finished())
+            drawn = figures.finished()  # not held: Ctrl-C must not wait for a stuck helper
+            with signals_held():
+                tracking.log_evaluation(targets, predictions, drawn)
     except PrunedError as err:
         print(f"{model_name} lr={cfg.optimizer.lr:g}: {err} run_id={run_id}", flush=True)
         return err.value

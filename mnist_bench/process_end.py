@@ -48,8 +48,9 @@ def _exit_without_teardown() -> None:
         return
     logging.shutdown()  # its own handler may have been registered before this one
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
-            stream.flush()
+        if stream is not None:  # None: the process started without it
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to say
+                stream.flush()
     os._exit(_status)
 
 

@@ -39,7 +39,7 @@ from mnist_bench.cli import (
     run_command,
 )
 from mnist_bench.config import MODEL_SCHEMAS, DataConf, build, choice, register_configs
-from mnist_bench.data import DataError, ensure_mnist, read_mnist, scale_images
+from mnist_bench.data import DataError, ensure_mnist, scale_images
 from mnist_bench.embedding import TSNEParams
 from mnist_bench.models.classifier import network_weights
 
@@ -105,8 +105,7 @@ def sample_mnist(root: str | Path, subset: str, n_samples: int, seed: int,
                  check_md5: bool = True) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """``n_samples`` images drawn at random from a subset: uint8 (N, 28, 28), labels, indices."""
     try:
-        ensure_mnist(root, check_md5=check_md5)
-        images, labels = read_mnist(root, train=subset == "train")
+        images, labels = ensure_mnist(root, check_md5=check_md5).split(train=subset == "train")
     except DataError as err:
         raise UserError(str(err)) from None
     if n_samples > len(labels):

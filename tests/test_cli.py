@@ -125,6 +125,7 @@ def test_deterministic_runs_repeat_exactly_and_seed_zero_counts(tmp_path, data_r
     assert metrics[0]["train_loss"] != metrics[2]["train_loss"]  # seed 0 is not replaced
 
 
+@pytest.mark.slow  # each tests the 10,000 test images with a large network: 6 s on 2 cores
 @pytest.mark.parametrize("model", ["resnet18", "googlenet"])
 def test_large_models_train_and_report_consistent_metrics(tmp_path, data_root, model):
     job = run_in_process([f"model={model}", "trainer.epochs=1", "data.max_train_samples=128",

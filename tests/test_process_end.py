@@ -62,3 +62,11 @@ def test_an_uncaught_error_ends_the_process_as_python_does():
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "ValueError: a bug" in done.stderr
     assert done.stdout.splitlines() == ["summary line", "exit handler ran", "torn down"]
+
+
+def test_a_process_started_without_stdout_ends_quietly():
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.stdout = None\n"
+         "from mnist_bench import process_end\nprocess_end.run_command_then_exit(lambda: None)"],
+        capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")

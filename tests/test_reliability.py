@@ -18,12 +18,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.errors import MissingConfigException
@@ -468,11 +470,51 @@ def test_a_job_that_fails_leaves_no_figure_helper_running(tmp_path, store, monke
     assert figure_helpers[0].process.poll() == -signal.SIGKILL  # stopped, not left waiting
 
 
-def test_a_figure_helper_whose_job_died_ends_without_drawing(tmp_path):
-    worker = figure_worker.FigureWorker(tmp_path)
+def test_ctrl_c_while_the_figures_are_drawn_ends_the_run_killed_at_once(
+        tmp_path, store, monkeypatch, request, figure_helpers):
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    monkeypatch.setattr(figure_worker.FigureWorker, "draw", lambda *_: None)  # never finishes
+    monkeypatch.setattr(figure_worker, "DRAWING_TIMEOUT_S", 60.0)
+    original = figure_worker.FigureWorker.finished
+
+    def ctrl_c_while_waiting(self):
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return original(self)
+
+    monkeypatch.setattr(figure_worker.FigureWorker, "finished", ctrl_c_while_waiting)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)
+    assert time.monotonic() - started < 30  # not the helper's 60 s
+    assert only_run(store).info.status == "KILLED"
+    assert figure_helpers[0].process.poll() == -signal.SIGKILL
+
+
+def test_a_figure_helper_runs_the_jobs_copy_of_the_package(tmp_path, monkeypatch):
+    """Started in a folder that holds another ``mnist_bench`` (a checkout, a copy), the helper
+    still draws with the package its job runs."""
+    other = tmp_path / "launch" / "mnist_bench"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("raise SystemExit('the wrong copy of mnist_bench')\n")
+    monkeypatch.chdir(other.parent)
+    (tmp_path / "figures").mkdir()
+    worker = figure_worker.FigureWorker(tmp_path / "figures")
+    try:
+        worker.draw([{"train_loss": 0.5, "train_acc": 0.9, "val_acc": 0.9}],
+                    np.eye(10, dtype=int), "mlp")
+        assert [path.name for path in worker.finished()] == list(figure_worker.FIGURES)
+    finally:
+        worker.stop()
+
+
+def test_a_figure_helper_whose_job_died_removes_its_folder_and_ends(tmp_path):
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    worker = figure_worker.FigureWorker(folder)
     worker.process.stdin.close()  # what the job's death does to the helper's input
     assert worker.process.wait(timeout=60) == 0
-    assert not any(tmp_path.glob("*.png"))
+    assert not folder.exists()
 
 
 @pytest.mark.slow

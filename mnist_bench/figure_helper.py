@@ -1,0 +1,49 @@
+"""The program of the figures' helper process (:mod:`mnist_bench.figure_worker` starts it):
+read what to draw as JSON on standard input, draw the learning curves and the confusion matrix
+into the folder named by the first argument, and exit; one line on standard error and status 1
+if that fails.
+
+It imports only matplotlib, numpy and :mod:`mnist_bench.plots`, at a lower priority than its
+job: the less it takes from the job, the better.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+CURVES, CONFUSION_MATRIX = FIGURES = ("curves.png", "confusion_matrix.png")
+
+
+def draw_figures(request: Mapping, folder: Path) -> None:
+    from mnist_bench import plots
+
+    title = request["title"]
+    plots.save(plots.plot_curves({title: [request["history"]]}, title=title), folder / CURVES)
+    plots.save(plots.plot_confusion_matrix(np.array(request["confusion"]), f"{title}: test set"),
+               folder / CONFUSION_MATRIX)
+
+
+def main() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(os, "nice"):  # a core both want goes to the job
+        os.nice(10)
+    from mnist_bench import plots  # noqa: F401  (matplotlib: imported while the job trains)
+
+    folder = Path(sys.argv[1])
+    request = sys.stdin.read()
+    if not request:  # the job died without a word: nobody else will remove the folder
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    try:
+        draw_figures(json.loads(request), folder)
+    except Exception as err:  # one line for the job's log, not a traceback in the helper's file
+        sys.exit(" ".join(f"{type(err).__name__}: {err}".split())[:300])
