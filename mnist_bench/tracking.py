@@ -147,8 +147,10 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def mlflow_run(run_id: str | None, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
-    """Start (or, with ``run_id``, reopen) a run and always end it with the right status.
+def mlflow_run(run_id: str | None, run_name: str, tags: Mapping[str, str],
+               resumable: bool = True) -> Iterator[str]:
+    """Start (or, with ``run_id``, reopen) a run and always end it with the right status; an
+    interrupted run that is ``resumable`` (it keeps a checkpoint) says how to continue it.
 
     A reopened run drops the tags of how it ended before (``interrupted``, ``error``, ...): they
     described the attempt that this one continues."""
@@ -173,9 +175,10 @@ def mlflow_run(run_id: str | None, run_name: str, tags: Mapping[str, str]) -> It
         raise
     except BaseException as err:
         if isinstance(err, KeyboardInterrupt) or interrupted():  # also one turned into an error
+            how_to_go_on = (f"; the last complete checkpoint is kept; continue with "
+                            f"resume={run_id}" if resumable else "")
             end_run(run_id, "KILLED", {"interrupted": "true"},
-                    f"interrupted: MLflow run {run_id} ended KILLED; the last complete checkpoint "
-                    f"is kept; continue with resume={run_id}")
+                    f"interrupted: MLflow run {run_id} ended KILLED{how_to_go_on}")
         else:
             end_run(run_id, "FAILED", {"error": f"{type(err).__name__}: {err}"[:5000]},
                     f"MLflow run {run_id} ended FAILED ({type(err).__name__})")

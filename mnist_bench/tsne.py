@@ -296,7 +296,8 @@ def embed_and_track(cfg: DictConfig) -> float:
     x, tags = model_inputs(cfg, images)
     tags |= {"run_type": "tsne", "tsne": "true", "backend": cfg.tsne.backend,
              "hydra_output_dir": str(output_dir)}
-    with tracking.mlflow_run(None, cfg.tracking.run_name or describe(cfg, tags), tags) as run_id:
+    name = cfg.tracking.run_name or describe(cfg, tags)
+    with tracking.mlflow_run(None, name, tags, resumable=False) as run_id:
         tracking.log_config(cfg, output_dir / ".hydra")
         points, metrics, table = embed_and_score(x, labels, OmegaConf.to_object(cfg.tsne),
                                                  cfg.pca_dims, cfg.seed)

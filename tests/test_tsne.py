@@ -13,7 +13,7 @@ from test_cli import run_id_of
 from test_config import compose_cfg
 
 from conftest import run_cli, run_in_process, sqlite_uri
-from mnist_bench import tracking
+from mnist_bench import tracking, tsne
 from mnist_bench.cli import UserError
 from mnist_bench.data import read_mnist, scale_images
 from mnist_bench.models.mlp import MLP
@@ -141,6 +141,21 @@ def test_bad_selections_give_a_clear_error_and_no_run(store, selection, message)
         run_in_process([*selection.split(), f"tracking.uri={sqlite_uri(folder)}"], folder,
                        app="tsne")
     assert len(tsne_runs(client)) == runs_before
+
+def test_an_interrupted_map_ends_killed_without_offering_a_resume(store, monkeypatch, caplog):
+    folder, client = store
+
+    def ctrl_c(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tsne, "embed_and_score", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process([*SMALL, f"tracking.uri={sqlite_uri(folder)}"], folder, app="tsne")
+    run = max(tsne_runs(client), key=lambda r: r.info.start_time)
+    assert run.info.status == "KILLED"
+    assert f"interrupted: MLflow run {run.info.run_id} ended KILLED" in caplog.text
+    assert "resume=" not in caplog.text  # a map keeps no checkpoint to resume from
+
 
 class Trap(torch.nn.Linear):
     """A model whose unpickling opens (creates) ``marker``: what a tampered store could hold."""
