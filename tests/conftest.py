@@ -4,6 +4,7 @@ compose API, and the real CLI run in a subprocess (the ``slow`` tier's end-to-en
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
 import re
@@ -158,6 +159,13 @@ def copy_store(template: Path, folder: Path) -> str:
 def store(tmp_path, store_template) -> str:
     """A fresh store in the test's folder (its launch folder's default ``mlflow.db``)."""
     return copy_store(store_template, tmp_path)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Spare the interpreter's last garbage collection at exit: it would walk every object the
+    session made (torch, MLflow, every job's leftovers) and find nothing that needs it; 6 s
+    after the fast tier (docs/results/command_timings.md)."""
+    gc.freeze()
 
 
 @pytest.fixture(autouse=True)
