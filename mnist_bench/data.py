@@ -102,6 +102,11 @@ def _file_problem(path: Path, spec: RawFile) -> str | None:
     return None
 
 
+def _split_files(train: bool) -> tuple[RawFile, ...]:
+    """The images file and the labels file of the training or the test split."""
+    return RAW_FILES[0:2] if train else RAW_FILES[2:4]
+
+
 @dataclass(frozen=True)
 class RawContents:
     """The four raw files as read once, and the MD5 of each, by file name."""
@@ -111,7 +116,7 @@ class RawContents:
 
     def split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One split's uint8 images (N, 28, 28) and int64 labels (N,)."""
-        images_spec, labels_spec = RAW_FILES[0:2] if train else RAW_FILES[2:4]
+        images_spec, labels_spec = _split_files(train)
         return _parse(self.contents[images_spec.name], self.contents[labels_spec.name])
 
 
@@ -135,7 +140,8 @@ def read_raw_files(root: str | Path, check_md5: bool = True) -> RawContents:
             md5[spec.name] = hashlib.md5(contents[spec.name], usedforsecurity=False).hexdigest()
             if check_md5 and md5[spec.name] != spec.md5:
                 problem = f"MD5 differs from the original MNIST file ({spec.md5})"
-            elif spec.magic == LABEL_MAGIC and (top := max(contents[spec.name][8:])) > 9:
+            elif (spec.magic == LABEL_MAGIC
+                  and (top := max(contents[spec.name][spec.header_size:])) > 9):
                 problem = f"holds label {top}; digits are 0-9"
         if problem:
             problems.append(f"  {path}: {problem}")
@@ -199,7 +205,7 @@ def read_mnist(root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tenso
     Read straight from the IDX files: torchvision's reader would cost its 1.4 s import on every
     run.
     """
-    images_spec, labels_spec = RAW_FILES[0:2] if train else RAW_FILES[2:4]
+    images_spec, labels_spec = _split_files(train)
     folder = raw_dir(root)
     return _parse((folder / images_spec.name).read_bytes(),
                   (folder / labels_spec.name).read_bytes())
@@ -276,7 +282,7 @@ def split_records(raw: RawContents, train_idx: torch.Tensor,
     def record(train: bool, indices: torch.Tensor | None) -> SplitRecord:
         images, labels = parsed[train]
         digest = hashlib.md5(usedforsecurity=False)
-        for spec in RAW_FILES[0:2] if train else RAW_FILES[2:4]:
+        for spec in _split_files(train):
             digest.update(raw.md5[spec.name].encode())
         if indices is not None:
             images, labels = images[indices], labels[indices]

@@ -41,4 +41,3 @@ def resume_collection() -> None:
 
 def pause_collection() -> None:
     gc.disable()
-

@@ -142,6 +142,7 @@ def test_bad_selections_give_a_clear_error_and_no_run(store, selection, message)
                        app="tsne")
     assert len(tsne_runs(client)) == runs_before
 
+
 def test_an_interrupted_map_ends_killed_without_offering_a_resume(store, monkeypatch, caplog):
     folder, client = store
 
