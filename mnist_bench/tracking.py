@@ -240,13 +240,21 @@ def log_datasets(records: Mapping[str, data.SplitRecord], root: str) -> None:
     column): each with a digest of its exact images and labels (:class:`data.SplitRecord`), and
     the folder it came from."""
     source = str(data.raw_dir(root))
+    datasets = []
     for context, record in records.items():
         with warnings.catch_warnings():  # MLflow 3 registers its local source class twice
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
-            dataset = mlflow.data.from_numpy(record.images.numpy(), targets=record.labels.numpy(),
-                                             source=source, name=f"mnist-{context}",
-                                             digest=record.digest)
-        mlflow.log_input(dataset, context=context)
+            datasets.append(mlflow.data.from_numpy(
+                record.images.numpy(), targets=record.labels.numpy(), source=source,
+                name=f"mnist-{context}", digest=record.digest))
+    contexts, no_tags = list(records), [None] * len(datasets)
+    try:
+        mlflow.log_inputs(datasets, contexts, no_tags)
+    except mlflow.exceptions.MlflowException:
+        # The store looks a dataset up, then inserts it if missing: two jobs that start at once
+        # with the same data can both miss it, and the later insert fails. The dataset is there
+        # now, so a second try links it (a failure for another reason recurs and is raised).
+        mlflow.log_inputs(datasets, contexts, no_tags)
 
 
 def log_epoch(epoch: int, row: Mapping[str, float]) -> None:

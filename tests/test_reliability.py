@@ -416,6 +416,29 @@ def test_a_full_disk_while_recording_the_error_still_ends_the_run_failed(tmp_pat
     assert "could not record error (" in caplog.text and "disk is full" in caplog.text
 
 
+def test_a_dataset_another_job_logged_meanwhile_is_linked_not_a_failure(tmp_path, store,
+                                                                         monkeypatch):
+    """Two jobs that start at once log the same datasets; the store's look-up-then-insert lets
+    the later insert fail (seen with a PostgreSQL server and two joblib jobs)."""
+    original = tracking.mlflow.log_inputs
+    calls = []
+
+    def the_other_job_inserted_it_first(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise tracking.mlflow.exceptions.MlflowException(
+                '(psycopg2.errors.UniqueViolation) duplicate key value violates unique '
+                'constraint "dataset_pk"')
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tracking.mlflow, "log_inputs", the_other_job_inserted_it_first)
+    run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)
+    run = only_run(store)
+    assert run.info.status == "FINISHED" and len(calls) == 2
+    assert sorted(d.dataset.name for d in run.inputs.dataset_inputs) == [
+        "mnist-test", "mnist-train", "mnist-validation"]
+
+
 @pytest.fixture
 def figure_helpers(monkeypatch) -> list[figure_worker.FigureWorker]:
     """Every figure helper started while the test runs (mnist_bench/figure_worker.py)."""
