@@ -56,7 +56,7 @@ def cli_main() -> None:
     # pickles the job by reference to that module, and cannot pickle functions of __main__.
     from mnist_bench.__main__ import main as importable_main
 
-    run_command(importable_main)
+    run_command(importable_main, "config")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 
-from mnist_bench import process_end
+from mnist_bench import app_help, process_end
 
 # Absolute, so that Hydra finds it whether a module runs as __main__ or is imported by a
 # process launcher (hydra/launcher=joblib pickles the task function).
@@ -155,10 +155,16 @@ def interrupted() -> bool:
     return _signal_received is not None or _exiting_interrupted
 
 
-def run_command(hydra_main: Callable[[], object]) -> None:
-    """Run a command's Hydra entry point as the last thing its process does; the process ends
-    right after its exit handlers (:mod:`mnist_bench.process_end`)."""
-    process_end.run_command_then_exit(lambda: _run_interruptible(hydra_main))
+def run_command(hydra_main: Callable[[], object], config_name: str) -> None:
+    """Run a command's Hydra entry point (its config: ``config_name`` in ``conf/``) as the last
+    thing its process does; the process ends right after its exit handlers
+    (:mod:`mnist_bench.process_end`). A plain ``--help`` is answered without Hydra's group
+    listings (:mod:`mnist_bench.app_help`)."""
+    def command() -> None:
+        if not app_help.print_help(CONF_DIR, config_name, sys.argv[1:]):
+            _run_interruptible(hydra_main)
+
+    process_end.run_command_then_exit(command)
 
 
 def _run_interruptible(hydra_main: Callable[[], object]) -> None:

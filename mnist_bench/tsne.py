@@ -328,4 +328,4 @@ if __name__ == "__main__":
     # As in mnist_bench.__main__: run the importable copy, which process launchers can pickle.
     from mnist_bench.tsne import main as importable_main
 
-    run_command(importable_main)
+    run_command(importable_main, "tsne")

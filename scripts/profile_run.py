@@ -58,4 +58,4 @@ if __name__ == "__main__":
             timed(module, name)
     atexit.register(report)  # runs before mnist_bench.process_end's exit, registered first
     sys.argv = ["mnist_bench", *sys.argv[1:]]
-    entry.main()
+    entry.cli_main()  # as `python -m mnist_bench` does: no interpreter teardown

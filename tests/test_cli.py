@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 from test_config import compose_cfg
 
 from conftest import DATA_ROOT, run_cli, run_in_process, sqlite_uri
-from mnist_bench.cli import UserError
+from mnist_bench import app_help
+from mnist_bench.cli import CONF_DIR, UserError
 from mnist_bench.data import configured_split, read_mnist
 
 SMALL = ["trainer.epochs=1", "data.max_train_samples=2000", "tracking.log_model=false"]
@@ -165,6 +166,32 @@ def test_help_lists_groups_and_cfg_prints_config(tmp_path):
     cfg_text = run_cli(["--cfg", "job", "model=resnet18"], cwd=tmp_path).stdout
     assert "_target_: mnist_bench.models.resnet.resnet18_mnist" in cfg_text
     assert "batch_size: 64" in cfg_text
+
+
+def test_help_is_hydra_s_text_without_hydra_s_group_listings(tmp_path, capsys):
+    """A plain ``--help`` is answered through the compose API (mnist_bench/app_help.py) with
+    exactly the text that Hydra's own ``--help`` prints (the control: Hydra's entry point run
+    without the project's wrapper)."""
+    argv = ["model=lenet", "optimizer.lr=0.01", "--help"]
+    hydra_own = run_cli(["-c", "from mnist_bench.__main__ import main; main()", *argv],
+                        cwd=tmp_path, module=None)
+    assert hydra_own.returncode == 0, hydra_own.stderr
+    assert app_help.print_help(CONF_DIR, "config", argv)
+    assert capsys.readouterr().out == hydra_own.stdout
+    assert "lr: 0.01" in hydra_own.stdout and "mnist_bench.models.lenet" in hydra_own.stdout
+
+
+def test_help_leaves_other_command_lines_to_hydra_and_names_a_bad_override(capsys):
+    assert app_help.help_overrides(["-h", "model=lenet"]) == ["model=lenet"]
+    for argv in (["model=lenet"], ["--help", "--resolve"], ["-m", "--help"]):
+        assert app_help.help_overrides(argv) is None
+        assert not app_help.print_help(CONF_DIR, "config", argv)
+    # a template showing what only Hydra fills in (its flags, its group lists)
+    assert app_help.help_text(CONF_DIR, "config", ["hydra.help.template=$FLAGS_HELP"]) is None
+    with pytest.raises(SystemExit) as end:
+        app_help.print_help(CONF_DIR, "config", ["model=nope", "--help"])
+    assert "Could not find 'model/nope'" in str(end.value.code)
+    assert capsys.readouterr().out == ""
 
 
 def test_config_error_is_one_message_before_torch_is_imported(tmp_path):
