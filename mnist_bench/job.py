@@ -18,7 +18,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_bench import checkpoint, figure_worker, gc_control, metrics, runs, sweep_runs, tracking
+from mnist_bench import (
+    checkpoint,
+    figure_worker,
+    gc_control,
+    metrics,
+    runs,
+    sweep_runs,
+    tracking,
+    tracking_store,
+)
 from mnist_bench.cli import UserError, handle_interrupts, raise_if_interrupted, signals_held
 from mnist_bench.config import build
 from mnist_bench.data import DataError, build_splits, unit_pixels
@@ -158,7 +167,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
     apply_device_settings(cfg.device, launcher_threads())
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
 
-    tracking.open_store(tracking.tracking_uri(cfg.tracking.uri, launch_dir),
+    tracking_store.open_store(tracking_store.tracking_uri(cfg.tracking.uri, launch_dir),
                         cfg.tracking.experiment)
     search = open_search_trial(cfg)
     state = load_resume_state(cfg, held, output_dir) if cfg.resume else None

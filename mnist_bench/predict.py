@@ -133,7 +133,7 @@ def predict(cfg: DictConfig) -> int:
     """Print the table of predictions; returns the number of files that could not be read."""
     import mlflow
 
-    from mnist_bench.tracking import existing_store, tracking_uri
+    from mnist_bench.tracking_store import existing_store, tracking_uri
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:

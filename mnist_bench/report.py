@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_bench import plots, seed_stats
 from mnist_bench.cli import UserError
-from mnist_bench.tracking import add_store_args, open_store, read_store
+from mnist_bench.tracking_store import add_store_args, open_store, read_store
 
 MODELS = {  # model name -> (title, table number of the report it reproduces)
     "mlp": ("MLP", 1),

@@ -21,7 +21,7 @@ import mlflow
 from mlflow.entities import Run
 
 from mnist_bench.cli import UserError
-from mnist_bench.tracking import add_store_args, read_store
+from mnist_bench.tracking_store import add_store_args, read_store
 
 ALIVE, GONE, ELSEWHERE = "alive", "gone", "other host"
 

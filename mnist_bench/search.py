@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import Trial, TrialState
 
-from mnist_bench import runs, tracking
+from mnist_bench import runs, tracking_store
 from mnist_bench import study as studies
 from mnist_bench.cli import (
     JobFailed,
@@ -99,8 +99,8 @@ def study_run(study: optuna.Study, config: DictConfig, url: str,
               joined: str | None) -> StudyRun:
     """The study's parent MLflow run: created by the worker that created the study, else the
     run ``joined`` that the first worker created, reopened."""
-    uri = tracking.tracking_uri(config.tracking.uri, os.getcwd())
-    tracking.open_store(uri, config.tracking.experiment)
+    uri = tracking_store.tracking_uri(config.tracking.uri, os.getcwd())
+    tracking_store.open_store(uri, config.tracking.experiment)
     client = MlflowClient(uri)
     if joined is None:
         experiment = mlflow.get_experiment_by_name(config.tracking.experiment)

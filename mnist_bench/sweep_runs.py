@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from hydra_plugins.mnist_bench_optuna.optuna_sweeper import OptunaSweeperConf
-from mnist_bench import runs, tracking
+from mnist_bench import runs, tracking_store
 from mnist_bench.cli import interrupted
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ def sweep_id_of(sweep_dir: str | Path) -> str:
 
 def start_parent(config: DictConfig) -> ParentRun:
     """Create the sweep's parent run from the multirun's config (with its ``hydra`` node)."""
-    uri = tracking.tracking_uri(config.tracking.uri, os.getcwd())
-    tracking.open_store(uri, config.tracking.experiment)
+    uri = tracking_store.tracking_uri(config.tracking.uri, os.getcwd())
+    tracking_store.open_store(uri, config.tracking.experiment)
     sweep_id = config.tracking.sweep_id or sweep_id_of(config.hydra.sweep.dir)
     experiment_id = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
     overrides = " ".join(config.hydra.overrides.task) or "(defaults)"

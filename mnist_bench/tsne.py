@@ -29,7 +29,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from mnist_bench import checkpoint, embedding, plots, tracking
+from mnist_bench import checkpoint, embedding, plots, tracking, tracking_store
 from mnist_bench.cli import (
     CONF_DIR,
     UserError,
@@ -291,7 +291,7 @@ def embed_and_track(cfg: DictConfig) -> float:
     output_dir = Path(hc.runtime.output_dir)
     images, labels, indices = sample_mnist(cfg.data.root, cfg.subset, cfg.n_samples, cfg.seed,
                                            cfg.data.verify_md5)
-    tracking.open_store(tracking.tracking_uri(cfg.tracking.uri, hc.runtime.cwd),
+    tracking_store.open_store(tracking_store.tracking_uri(cfg.tracking.uri, hc.runtime.cwd),
                         cfg.tracking.experiment)
     x, tags = model_inputs(cfg, images)
     tags |= {"run_type": "tsne", "tsne": "true", "backend": cfg.tsne.backend,

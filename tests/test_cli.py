@@ -207,6 +207,13 @@ def test_config_error_is_one_message_before_torch_is_imported(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_the_commands_that_read_runs_import_neither_torch_nor_the_training_code(tmp_path):
+    probe = ("import sys, mnist_bench.report, mnist_bench.register, mnist_bench.runs\n"
+             "print(sorted({'torch', 'mnist_bench.tracking'} & set(sys.modules)))")
+    proc = run_cli(["-c", probe], cwd=tmp_path, module=None)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
 def test_training_collects_garbage_and_the_job_leaves_the_collector_as_it_was(
         tmp_path, data_root, monkeypatch):
     """The collector is paused while a job imports and builds (mnist_bench/gc_control.py), but

@@ -35,7 +35,17 @@ from mlflow.tracking import MlflowClient
 from test_config import compose_cfg
 
 from conftest import compose_job, copy_store, run_cli, run_in_process, sqlite_uri
-from mnist_bench import checkpoint, cli, data, figure_worker, job, runs, tracking, train
+from mnist_bench import (
+    checkpoint,
+    cli,
+    data,
+    figure_worker,
+    job,
+    runs,
+    tracking,
+    tracking_store,
+    train,
+)
 from mnist_bench.cli import UserError
 from mnist_bench.config import config_problems
 from mnist_bench.train import DivergedError, fit
@@ -772,7 +782,7 @@ def test_two_jobs_writing_to_one_new_store_lose_nothing(tmp_path):
 # ---------------------------------------------------------------- tracking stores ---------
 
 def test_the_store_lock_lives_beside_the_store(tmp_path, store):
-    tracking.open_store(store, "locks")
+    tracking_store.open_store(store, "locks")
     assert (tmp_path / "mlflow.db.lock").is_file()
 
 
@@ -796,7 +806,7 @@ def test_an_experiment_created_meanwhile_by_another_client_is_used(tmp_path, sto
         return original(name)
 
     monkeypatch.setattr(tracking.mlflow, "set_experiment", lose_the_race_once)
-    tracking.open_store(store, "raced")
+    tracking_store.open_store(store, "raced")
     assert calls == ["raced", "raced"]
     assert MlflowClient(tracking_uri=store).get_experiment_by_name("raced") is not None
 
