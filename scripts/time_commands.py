@@ -4,7 +4,8 @@ Each timing is the wall time of one whole ``python -m mnist_bench ...`` process 
 start, imports, Hydra, data, training, MLflow), i.e. what a user waits for: 1. ``model=mlp
 trainer.epochs=1`` after one untimed run in the same launch folder (so its ``mlflow.db`` exists);
 2. ``trainer.epochs=0``, a config error (must exit non-zero); 3. ``--help``; 4. ``--cfg job``;
-5. ``scripts/library_floor.py`` of the working tree (in both columns): what torch and MLflow
+5. ``python -m mnist_bench.report --help`` (as for the other commands that read runs: register,
+runs); 6. ``scripts/library_floor.py`` of the working tree (in both columns): what torch and MLflow
 alone cost a tracked run, in one process, before any of the project's own work.
 
 Each command runs in a fresh temporary launch folder per tree, with ``PYTHONPATH`` set to that
@@ -44,10 +45,11 @@ class Command:
     args: tuple[str, ...]
     expect_ok: bool = True
     warm_up: bool = False
-    script: str | None = None  # run this file of the working tree instead of ``-m mnist_bench``
+    script: str | None = None  # run this file of the working tree instead of ``-m <module>``
+    module: str = "mnist_bench"
 
     def argv(self) -> list[str]:
-        return [str(REPO / self.script)] if self.script else ["-m", "mnist_bench", *self.args]
+        return [str(REPO / self.script)] if self.script else ["-m", self.module, *self.args]
 
 
 COMMANDS = (
@@ -55,6 +57,7 @@ COMMANDS = (
     Command("config error", ("trainer.epochs=0",), expect_ok=False),
     Command("--help", ("--help",)),
     Command("--cfg job", ("--cfg", "job")),
+    Command("report --help", ("--help",), module="mnist_bench.report"),
     Command("libraries alone (scripts/library_floor.py)", (), warm_up=True,
             script="scripts/library_floor.py"),
 )
