@@ -15,6 +15,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+# With pytest-xdist (``-n 2``) each worker process gets its share of the cores, before torch is
+# imported: torch's default, every core in every worker, makes the workers' threads spin-wait
+# for each other (the fast tier took longer with -n 2 than with one worker per core's thread).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(
+        1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
