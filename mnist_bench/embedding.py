@@ -19,9 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import silhouette_samples
-from sklearn.model_selection import train_test_split
-from sklearn.neighbors import KNeighborsClassifier
 from tqdm import tqdm
 
 from mnist_bench.config import choice
@@ -132,6 +129,9 @@ def knn_accuracy(embedding: np.ndarray, labels: np.ndarray, seed: int = 0) -> fl
     The vote is fitted on the other four fifths: a map where digits mix scores low, however nice
     it looks.
     """
+    from sklearn.model_selection import train_test_split  # here: TSNEParams is a config schema
+    from sklearn.neighbors import KNeighborsClassifier
+
     fit_x, test_x, fit_y, test_y = train_test_split(embedding, labels, test_size=HOLDOUT,
                                                     random_state=seed)
     return float(KNeighborsClassifier(KNN_K).fit(fit_x, fit_y).score(test_x, test_y))
@@ -157,6 +157,8 @@ def class_silhouette(embedding: np.ndarray, labels: np.ndarray,
                      seed: int = 0) -> dict[int, float]:
     """Per digit: mean silhouette of its points (-1..1; higher is a tighter, better separated
     cluster), on at most ``SILHOUETTE_POINTS`` random points."""
+    from sklearn.metrics import silhouette_samples
+
     rng = np.random.default_rng(seed)
     keep = rng.permutation(len(labels))[:SILHOUETTE_POINTS]
     values = silhouette_samples(embedding[keep], labels[keep])

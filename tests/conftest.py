@@ -32,7 +32,7 @@ from mnist_bench import cli
 from mnist_bench.__main__ import run_job
 from mnist_bench.cli import CONF_DIR
 from mnist_bench.data import DataError, ensure_mnist
-from mnist_bench.tsne import embed_and_track
+from mnist_bench.tsne import run_tsne
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def run_cli(args: list[str], cwd: Path, module: str | None = "mnist_bench",
 
 
 # The configs of the Hydra commands, and the function each runs once Hydra has composed it.
-APPS = {"config": run_job, "tsne": embed_and_track}
+APPS = {"config": run_job, "tsne": run_tsne}
 
 
 def compose_job(overrides: list[str], launch_dir: Path, app: str = "config") -> DictConfig:

@@ -194,16 +194,19 @@ def test_help_leaves_other_command_lines_to_hydra_and_names_a_bad_override(capsy
     assert capsys.readouterr().out == ""
 
 
-def test_config_error_is_one_message_before_torch_is_imported(tmp_path):
-    proc = run_cli(["trainer.epochs=0", "-c", "job"], cwd=tmp_path)  # --cfg: composes only
+@pytest.mark.parametrize("module, mistake, message", [
+    ("mnist_bench", "trainer.epochs=0", "trainer.epochs=0: must be an integer >= 1"),
+    ("mnist_bench.tsne", "n_samples=10", "n_samples=10: must be an integer >= 50")])
+def test_config_error_is_one_message_before_torch_is_imported(tmp_path, module, mistake, message):
+    proc = run_cli([mistake, "-c", "job"], cwd=tmp_path, module=module)  # --cfg: composes only
     assert proc.returncode == 0
-    probe = ("import sys, runpy; sys.argv = ['mnist_bench', 'trainer.epochs=0']\n"
-             "try:\n    runpy.run_module('mnist_bench', run_name='__main__')\n"
+    probe = (f"import sys, runpy; sys.argv = ['{module}', '{mistake}']\n"
+             f"try:\n    runpy.run_module('{module}', run_name='__main__', alter_sys=True)\n"
              "except SystemExit as e:\n"
              "    print('torch' in sys.modules, 'mlflow' in sys.modules, e.code)\n")
     proc = run_cli(["-c", probe], cwd=tmp_path, module=None)
     assert proc.stdout.split() == ["False", "False", "1"], proc.stdout + proc.stderr
-    assert "trainer.epochs=0: must be an integer >= 1" in proc.stderr
+    assert message in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -13,11 +13,11 @@ from test_cli import run_id_of
 from test_config import compose_cfg
 
 from conftest import run_cli, run_in_process, sqlite_uri
-from mnist_bench import tracking, tsne
+from mnist_bench import tracking, tsne_job
 from mnist_bench.cli import UserError
 from mnist_bench.data import read_mnist, scale_images
 from mnist_bench.models.mlp import MLP
-from mnist_bench.tsne import load_trained_model, penultimate_features, sample_mnist
+from mnist_bench.tsne_job import load_trained_model, penultimate_features, sample_mnist
 
 SMALL = ["n_samples=400"]
 
@@ -149,7 +149,7 @@ def test_an_interrupted_map_ends_killed_without_offering_a_resume(store, monkeyp
     def ctrl_c(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tsne, "embed_and_score", ctrl_c)
+    monkeypatch.setattr(tsne_job, "embed_and_score", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         run_in_process([*SMALL, f"tracking.uri={sqlite_uri(folder)}"], folder, app="tsne")
     run = max(tsne_runs(client), key=lambda r: r.info.start_time)
