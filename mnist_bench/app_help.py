@@ -5,12 +5,14 @@ template, copying its whole config repository once per group, whether or not the
 the lists; that is most of the command's time (docs/results/command_timings.md). The templates in
 ``conf/`` show only the composed config (``$CONFIG``) and the project's own list of options (the
 ``mnist_bench_groups`` resolver), so a plain ``--help`` with overrides is answered here through
-Hydra's compose API, with the text Hydra would print. Any other command line, or a template that
+Hydra's compose API, with the text Hydra prints for these templates (``hydra.verbose`` aside:
+Hydra's own ``--help`` also logs its debug lines). Any other command line, or a template that
 shows more, goes to Hydra as usual.
 """
 
 from __future__ import annotations
 
+import os
 import string
 import sys
 
@@ -40,7 +42,7 @@ def help_text(conf_dir: str, config_name: str, overrides: list[str]) -> str | No
     try:
         return string.Template(cfg.hydra.help.template).substitute(
             CONFIG=OmegaConf.to_yaml(_without_hydra(cfg)))
-    except (KeyError, ValueError):  # $FLAGS_HELP, $APP_CONFIG_GROUPS ...: Hydra's to fill in
+    except (KeyError, ValueError):  # $FLAGS_HELP, ${hydra:...}, any other: Hydra's to fill in
         return None
 
 
@@ -49,6 +51,15 @@ def _without_hydra(cfg: DictConfig) -> DictConfig:
     with open_dict(job):
         del job["hydra"]
     return job
+
+
+def hydra_message(err: Exception) -> str:
+    """The error as Hydra prints a config that does not compose: its message, the OmegaConf
+    error behind it (which names the key, the value and what is allowed), the hint."""
+    cause = err.__cause__
+    reason = f"\n{cause}" if isinstance(cause, OmegaConfBaseException) else ""
+    return (f"{err}{reason}\n\n"
+            "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.")
 
 
 def print_help(conf_dir: str, config_name: str, argv: list[str]) -> bool:
@@ -61,7 +72,9 @@ def print_help(conf_dir: str, config_name: str, argv: list[str]) -> bool:
     try:
         text = help_text(conf_dir, config_name, overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        sys.exit(str(err))
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(hydra_message(err))
     if text is not None:
         print(text)
     return text is not None

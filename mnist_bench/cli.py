@@ -160,11 +160,10 @@ def run_command(hydra_main: Callable[[], object], config_name: str) -> None:
     thing its process does; the process ends right after its exit handlers
     (:mod:`mnist_bench.process_end`). A plain ``--help`` is answered without Hydra's group
     listings (:mod:`mnist_bench.app_help`)."""
-    def command() -> None:
-        if not app_help.print_help(CONF_DIR, config_name, sys.argv[1:]):
-            _run_interruptible(hydra_main)
+    def answer() -> object:
+        return app_help.print_help(CONF_DIR, config_name, sys.argv[1:]) or hydra_main()
 
-    process_end.run_command_then_exit(command)
+    process_end.run_command_then_exit(lambda: _run_interruptible(answer))
 
 
 def _run_interruptible(hydra_main: Callable[[], object]) -> None:

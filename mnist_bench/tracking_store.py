@@ -3,7 +3,7 @@ it can fail (a server that does not answer, a file that is not an MLflow databas
 store that does not exist where a command only reads runs).
 
 Kept apart from :mod:`mnist_bench.tracking` (what a training run records), so that the commands
-that only read runs (report, register, runs, predict) need neither torch nor the training code.
+that only read runs (report, register, runs) need neither torch nor the training code.
 """
 
 from __future__ import annotations

@@ -22,10 +22,11 @@ from types import ModuleType
 START = time.perf_counter()
 gc.disable()  # as the job does while it imports (mnist_bench/gc_control.py)
 from mnist_bench import __main__ as entry  # noqa: E402
-from mnist_bench import figure_worker, job, tracking  # noqa: E402  (torch, MLflow)
+from mnist_bench import figure_worker, job, tracking, tracking_store  # noqa: E402  (torch, MLflow)
 
 IMPORTED = time.perf_counter()
-STEPS = {tracking: ["open_store", "log_config", "log_datasets", "log_model", "log_evaluation"],
+STEPS = {tracking_store: ["open_store"],
+         tracking: ["log_config", "log_datasets", "log_model", "log_evaluation"],
          job: ["build_splits", "fit", "evaluate"],
          figure_worker.FigureWorker: ["finished"]}  # waiting for the figures' helper
 timings: list[tuple[str, float, float]] = [("imports", START, IMPORTED)]

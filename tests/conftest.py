@@ -12,17 +12,20 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# With pytest-xdist (``-n 2``) each worker process gets its share of the cores, before torch is
-# imported: torch's default, every core in every worker, makes the workers' threads spin-wait
-# for each other (the fast tier took longer with -n 2 than with one worker per core's thread).
+# With pytest-xdist (``-n auto``) each worker process gets its share of the cores, before torch is
+# imported: with torch's default, every core in every worker, the workers' threads wait for each
+# other, and the fast tier took longer (docs/results/command_timings.md).
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     os.environ.setdefault("OMP_NUM_THREADS", str(max(
-        1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+        1, (_cores or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import pytest
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from mlflow.tracking import MlflowClient
@@ -110,9 +113,11 @@ def run_in_process(overrides: list[str], launch_dir: Path, app: str = "config") 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The real MNIST copy, downloaded into ``<repo>/data`` if needed and possible."""
+    """The real MNIST copy, downloaded into ``<repo>/data`` if needed and possible (by one
+    pytest-xdist worker while the others wait, not by all at once into one folder)."""
     try:
-        ensure_mnist(DATA_ROOT)
+        with FileLock(Path(tempfile.gettempdir()) / "mnist_bench_tests_data.lock"):
+            ensure_mnist(DATA_ROOT)
     except DataError as err:
         pytest.fail(f"{err}\nSet MNIST_DATA_ROOT to a folder holding MNIST/raw/.")
     return DATA_ROOT

@@ -188,9 +188,11 @@ def test_help_leaves_other_command_lines_to_hydra_and_names_a_bad_override(capsy
         assert not app_help.print_help(CONF_DIR, "config", argv)
     # a template showing what only Hydra fills in (its flags, its group lists)
     assert app_help.help_text(CONF_DIR, "config", ["hydra.help.template=$FLAGS_HELP"]) is None
-    with pytest.raises(SystemExit) as end:
-        app_help.print_help(CONF_DIR, "config", ["model=nope", "--help"])
-    assert "Could not find 'model/nope'" in str(end.value.code)
+    for mistake, reason in (("model=nope", "Could not find 'model/nope'"),
+                            ("trainer.epochs=abc", "'abc' of type 'str' could not be converted")):
+        with pytest.raises(SystemExit) as end:
+            app_help.print_help(CONF_DIR, "config", [mistake, "--help"])
+        assert reason in str(end.value.code)
     assert capsys.readouterr().out == ""
 
 
