@@ -20,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mnist_bench.cli import CONF_DIR, UserError, first_line
+from mnist_bench.cli import CONF_DIR, UserError, first_line, run_command
 from mnist_bench.config import choice
 from mnist_bench.digits import FRAME, ImageError, Preparation, image_files, prepare, read_image
 
@@ -182,4 +182,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "predict")
