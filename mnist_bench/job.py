@@ -168,7 +168,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
 
     tracking_store.open_store(tracking_store.tracking_uri(cfg.tracking.uri, launch_dir),
-                        cfg.tracking.experiment)
+                              cfg.tracking.experiment)
     search = open_search_trial(cfg)
     state = load_resume_state(cfg, held, output_dir) if cfg.resume else None
 
