@@ -1,7 +1,7 @@
 """The program of the figures' helper process (:mod:`mnist_bench.figure_worker` starts it):
-read what to draw as JSON on standard input, draw the learning curves and the confusion matrix
-into the folder named by the first argument, and exit; one line on standard error and status 1
-if that fails.
+for each line of JSON on standard input, draw the learning curves and the confusion matrix into
+the folder named by the first argument and answer ``drawn`` on standard output; one line on
+standard error and status 1 if that fails. At the end of its input it removes the folder.
 
 It imports only matplotlib, numpy and :mod:`mnist_bench.plots`, at a lower priority than its
 job: the less it takes from the job, the better.
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 CURVES, CONFUSION_MATRIX = FIGURES = ("curves.png", "confusion_matrix.png")
+DRAWN = b"drawn\n"  # the answer to a request that was drawn
 
 
 def draw_figures(request: Mapping, folder: Path) -> None:
@@ -39,11 +40,12 @@ def main() -> None:
     from mnist_bench import plots  # noqa: F401  (matplotlib: imported while the job trains)
 
     folder = Path(sys.argv[1])
-    request = sys.stdin.read()
-    if not request:  # the job died without a word: nobody else will remove the folder
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    try:
-        draw_figures(json.loads(request), folder)
-    except Exception as err:  # one line for the job's log, not a traceback in the helper's file
-        sys.exit(" ".join(f"{type(err).__name__}: {err}".split())[:300])
+    answers, sys.stdout = sys.stdout.buffer, sys.stderr  # stdout carries the answers alone
+    for request in sys.stdin:  # one per job, until the jobs' process ends
+        try:
+            draw_figures(json.loads(request), folder)
+        except Exception as err:  # one line for the job's log, not a traceback in the helper's
+            sys.exit(" ".join(f"{type(err).__name__}: {err}".split())[:300])
+        answers.write(DRAWN)
+        answers.flush()
+    shutil.rmtree(folder, ignore_errors=True)  # nobody else will

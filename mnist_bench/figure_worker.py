@@ -2,15 +2,19 @@
 
 Importing matplotlib and drawing the two figures take about 0.7 s of a one-epoch run, all of it
 Python that holds the GIL, so no thread can overlap it with the job's own work. A job therefore
-starts a helper process (its program: :mod:`mnist_bench.figure_helper`) when it starts: the
+takes a helper process (its program: :mod:`mnist_bench.figure_helper`) when it starts: the
 helper imports matplotlib on the other core while the job trains, draws once the job hands it
-the results of its test pass, and writes the figures as PNG files, which the job logs once it
-has logged the model. The helper only writes files: the job's process is the only one that
-writes its MLflow run.
+the results of its test pass, and writes the figures as PNG files into its folder, which the job
+logs once it has logged the model. The helper only writes files: the job's process is the only
+one that writes its MLflow run.
 
-The helper gets JSON on its standard input and reads nothing else. It ignores Ctrl-C and SIGTERM
-and runs in its own session: the job stops it (at its end, or when it fails or is interrupted).
-A helper whose job died without a word reads the end of its input, removes its folder and exits.
+A helper that drew what its job asked, or was never asked, waits for the next job of the same
+process (the jobs of a sweep, of a test session), which then does not wait for matplotlib's
+import again. A helper that failed, or whose job ended while it drew, is stopped.
+
+The helper gets one line of JSON per job on its standard input and answers each with one line.
+It ignores Ctrl-C and SIGTERM and runs in its own session: a job stops it, or it ends, and
+removes its folder, when its input closes, which it does when the job's process ends, however.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +34,7 @@ from typing import NoReturn
 import numpy as np
 
 from mnist_bench.cli import ReportedError
-from mnist_bench.figure_helper import FIGURES
+from mnist_bench.figure_helper import DRAWN, FIGURES
 
 log = logging.getLogger("mnist_bench")
 ERRORS = "helper.err"  # the helper's standard error, in its folder
@@ -44,34 +50,45 @@ class FiguresFailed(ReportedError):
 
 
 class FigureWorker:
-    """The job's side of one helper process, drawing into ``folder``."""
+    """The job's side of one helper process, drawing into a folder of its own."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        with open(folder / ERRORS, "wb") as errors:
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="mnist_bench_figures_"))
+        self.busy = False  # asked to draw, or waited for, and its answer not read yet
+        with open(self.folder / ERRORS, "wb") as errors:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", HELPER, str(folder)], stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True)
+                [sys.executable, "-c", HELPER, str(self.folder)], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=errors, start_new_session=True)
 
     def draw(self, history: Sequence[Mapping[str, float]], confusion: np.ndarray,
              title: str) -> None:
         """Hand the helper what to draw; it draws while the job goes on."""
-        request = {"history": list(map(dict, history)), "confusion": confusion.tolist(),
-                   "title": title}
+        self.send({"history": list(map(dict, history)), "confusion": confusion.tolist(),
+                   "title": title})
+
+    def send(self, request: Mapping) -> None:
+        """One request, as one line of JSON."""
+        self.busy = True
         with contextlib.suppress(BrokenPipeError):  # a helper that died: finished() says why
-            self.process.stdin.write(json.dumps(request).encode())
-            self.process.stdin.close()
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
 
     def finished(self) -> list[Path]:
-        """Wait for the helper; the figures it drew, or :class:`FiguresFailed`."""
-        try:
-            status = self.process.wait(timeout=DRAWING_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
+        """Wait for the helper's answer; the figures it drew, or :class:`FiguresFailed`."""
+        self.busy = True
+        answered, _, _ = select.select([self.process.stdout], [], [], DRAWING_TIMEOUT_S)
+        if not answered:
             self._fail(f"the helper did not finish within {DRAWING_TIMEOUT_S:g} s")
-        if status != 0:
+        if self.process.stdout.readline() != DRAWN:  # the end of its output: it has ended
             said = (self.folder / ERRORS).read_text(errors="replace").strip().splitlines()
-            self._fail(said[-1] if said else f"the helper ended with status {status}")
+            self._fail(said[-1] if said else
+                       f"the helper ended with status {self.process.wait()}")
+        self.busy = False
         return [self.folder / name for name in FIGURES]
+
+    def idle(self) -> bool:
+        """Alive and not drawing: ready for the next job."""
+        return not self.busy and self.process.poll() is None
 
     def _fail(self, reason: str) -> NoReturn:
         message = f"the figures could not be drawn: {reason}"
@@ -82,16 +99,29 @@ class FigureWorker:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
-        with contextlib.suppress(OSError):  # what a dead helper never read cannot be flushed
-            self.process.stdin.close()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):  # what a dead helper never read cannot be flushed
+                stream.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_idle: FigureWorker | None = None  # the helper the last job of this process left ready
 
 
 @contextlib.contextmanager
 def started() -> Iterator[FigureWorker]:
-    """A helper for the length of the block, stopped and its folder removed on leaving."""
-    with tempfile.TemporaryDirectory(prefix="mnist_bench_figures_") as folder:
-        worker = FigureWorker(Path(folder))
-        try:
-            yield worker
-        finally:
+    """A helper for the length of the block: the one an earlier job left ready, else a new one.
+    Left ready for the next job if it is idle at the end of the block, stopped otherwise."""
+    global _idle
+    worker, _idle = _idle, None
+    if worker is None or not worker.idle():
+        if worker is not None:
+            worker.stop()
+        worker = FigureWorker()
+    try:
+        yield worker
+    finally:
+        if worker.idle():
+            _idle = worker
+        else:
             worker.stop()

@@ -11,7 +11,6 @@ Every result is read back with ``MlflowClient``.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import signal
@@ -52,6 +51,7 @@ from mnist_bench.train import DivergedError, fit
 
 FAST = ["model=mlp", "device=cpu", "device.num_threads=1", "data.max_train_samples=2000",
         "tracking.log_model=false"]
+FAST_WITH_MODEL = [*FAST[:-1], "tracking.log_model=true"]
 DETERMINISTIC = [*FAST, "trainer.deterministic=true", "trainer.epochs=4"]
 EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 FINAL_KEYS = ("test_acc", "test_loss", "best_val_acc")
@@ -451,12 +451,14 @@ def test_a_dataset_another_job_logged_meanwhile_is_linked_not_a_failure(tmp_path
 
 @pytest.fixture
 def figure_helpers(monkeypatch) -> list[figure_worker.FigureWorker]:
-    """Every figure helper started while the test runs (mnist_bench/figure_worker.py)."""
+    """Every figure helper started while the test runs (mnist_bench/figure_worker.py), the
+    first one too: none is left ready by an earlier test."""
+    monkeypatch.setattr(figure_worker, "_idle", None)
     started = []
     original = figure_worker.FigureWorker.__init__
 
-    def recording(self, folder):
-        original(self, folder)
+    def recording(self):
+        original(self)
         started.append(self)
 
     monkeypatch.setattr(figure_worker.FigureWorker, "__init__", recording)
@@ -466,8 +468,7 @@ def figure_helpers(monkeypatch) -> list[figure_worker.FigureWorker]:
 def test_a_figure_helper_that_fails_ends_the_run_failed_with_its_reason(
         tmp_path, store, monkeypatch, caplog, figure_helpers):
     def request_without_matrix(self, history, confusion, title):
-        self.process.stdin.write(json.dumps({"history": history, "title": title}).encode())
-        self.process.stdin.close()
+        self.send({"history": history, "title": title})
 
     monkeypatch.setattr(figure_worker.FigureWorker, "draw", request_without_matrix)
     with pytest.raises(figure_worker.FiguresFailed):
@@ -490,17 +491,71 @@ def test_a_stuck_figure_helper_ends_the_run_failed_instead_of_waiting(
     assert figure_helpers[0].process.poll() == -signal.SIGKILL
 
 
-def test_a_job_that_fails_leaves_no_figure_helper_running(tmp_path, store, monkeypatch,
-                                                          figure_helpers):
+def test_a_job_that_fails_before_its_figures_leaves_its_helper_to_the_next_job(
+        tmp_path, store, monkeypatch, figure_helpers):
     def broken_fit(*_args, **_kwargs):
         assert figure_helpers[0].process.poll() is None  # started with the job, waiting
         raise RuntimeError("something broke in training")
 
-    monkeypatch.setattr(job, "fit", broken_fit)
-    with pytest.raises(RuntimeError, match="something broke"):
-        run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)
-    assert only_run(store).info.status == "FAILED"
-    assert figure_helpers[0].process.poll() == -signal.SIGKILL  # stopped, not left waiting
+    with monkeypatch.context() as broken:
+        broken.setattr(job, "fit", broken_fit)
+        with pytest.raises(RuntimeError, match="something broke"):
+            run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)
+    assert figure_helpers[0].process.poll() is None  # idle, not stopped
+    run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)
+    assert [run.info.status for run in all_runs(store)] == ["FINISHED", "FAILED"]  # newest first
+    assert len(figure_helpers) == 1
+
+
+def test_a_job_that_fails_while_its_figures_are_drawn_stops_its_helper(
+        tmp_path, store, monkeypatch, figure_helpers):
+    def broken_log_model(*_args, **_kwargs):
+        raise RuntimeError("the model could not be logged")
+
+    with monkeypatch.context() as broken:
+        broken.setattr(tracking, "log_model", broken_log_model)
+        with pytest.raises(RuntimeError, match="could not be logged"):
+            run_in_process([*FAST_WITH_MODEL, f"tracking.uri={store}"], tmp_path)
+    assert figure_helpers[0].process.poll() == -signal.SIGKILL  # stopped, not left drawing
+    assert not figure_helpers[0].folder.exists()
+    run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)  # with a helper of its own
+    assert len(figure_helpers) == 2 and figure_helpers[1].process.poll() is None
+
+
+def test_the_jobs_of_one_process_share_one_helper_and_each_logs_its_own_figures(
+        tmp_path, store, figure_helpers):
+    figures = {}
+    for lr in (0.01, 0.0001):
+        run_id = run_in_process([*FAST, f"optimizer.lr={lr}", f"tracking.uri={store}"],
+                                tmp_path).run_id
+        (tmp_path / run_id).mkdir()
+        folder = Path(MlflowClient(store).download_artifacts(run_id, "figures",
+                                                             str(tmp_path / run_id)))
+        figures[lr] = {name: (folder / name).read_bytes() for name in figure_worker.FIGURES}
+    assert len(figure_helpers) == 1
+    for name in figure_worker.FIGURES:  # each run's title names its learning rate
+        assert figures[0.01][name] != figures[0.0001][name]
+
+
+def test_a_ready_helper_ends_and_removes_its_folder_when_its_process_ends(tmp_path):
+    program = ("from mnist_bench import figure_worker\n"
+               "with figure_worker.started() as worker:\n"
+               "    print(worker.process.pid, worker.folder, flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=120, check=True)
+    pid, folder = done.stdout.split()
+    deadline = time.monotonic() + 60
+    while not has_ended(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert has_ended(int(pid)) and not Path(folder).exists()
+
+
+def has_ended(pid: int) -> bool:
+    """Gone, or a zombie that nobody reaped (the helper's parent has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except FileNotFoundError:
+        return True
 
 
 def test_ctrl_c_while_the_figures_are_drawn_ends_the_run_killed_at_once(
@@ -531,8 +586,7 @@ def test_a_figure_helper_runs_the_jobs_copy_of_the_package(tmp_path, monkeypatch
     other.mkdir(parents=True)
     (other / "__init__.py").write_text("raise SystemExit('the wrong copy of mnist_bench')\n")
     monkeypatch.chdir(other.parent)
-    (tmp_path / "figures").mkdir()
-    worker = figure_worker.FigureWorker(tmp_path / "figures")
+    worker = figure_worker.FigureWorker()
     try:
         worker.draw([{"train_loss": 0.5, "train_acc": 0.9, "val_acc": 0.9}],
                     np.eye(10, dtype=int), "mlp")
@@ -542,12 +596,10 @@ def test_a_figure_helper_runs_the_jobs_copy_of_the_package(tmp_path, monkeypatch
 
 
 def test_a_figure_helper_whose_job_died_removes_its_folder_and_ends(tmp_path):
-    folder = tmp_path / "figures"
-    folder.mkdir()
-    worker = figure_worker.FigureWorker(folder)
+    worker = figure_worker.FigureWorker()
     worker.process.stdin.close()  # what the job's death does to the helper's input
     assert worker.process.wait(timeout=60) == 0
-    assert not folder.exists()
+    assert not worker.folder.exists()
 
 
 @pytest.mark.slow
