@@ -16,12 +16,14 @@ import os
 import socket
 import sys
 from pathlib import Path
-
-import mlflow
-from mlflow.entities import Run
+from typing import TYPE_CHECKING
 
 from mnist_bench.cli import UserError
-from mnist_bench.tracking_store import add_store_args, read_store
+from mnist_bench.selection_args import add_store_args
+
+if TYPE_CHECKING:  # MLflow is imported once the command line is read
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 ALIVE, GONE, ELSEWHERE = "alive", "gone", "other host"
 
@@ -57,16 +59,15 @@ def writer_state(run: Run) -> str:
     return ALIVE if not recorded or recorded == process_start(pid) else GONE
 
 
-def running_runs(experiment: str) -> list[Run]:
-    found = mlflow.get_experiment_by_name(experiment)
+def running_runs(client: MlflowClient, experiment: str) -> list[Run]:
+    found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    return mlflow.MlflowClient().search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
+    return client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
 
 
-def close(run: Run, client: mlflow.MlflowClient | None = None) -> None:
+def close(run: Run, client: MlflowClient) -> None:
     """End a run whose writer is gone as KILLED, as an interrupted run would have ended."""
-    client = client or mlflow.MlflowClient()
     client.set_tag(run.info.run_id, "interrupted", "true")
     client.set_tag(run.info.run_id, "closed_after_writer_gone", "true")
     client.set_terminated(run.info.run_id, "KILLED")
@@ -85,17 +86,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from mlflow import MlflowClient
+
+    from mnist_bench.tracking_store import read_store
+
     try:
-        read_store(args)
+        uri = read_store(args)
     except UserError as err:
         print(f"mnist_bench.runs: {err}", file=sys.stderr)
         return 2
-    runs = [(run, writer_state(run)) for run in running_runs(args.experiment)]
+    client = MlflowClient(uri)
+    runs = [(run, writer_state(run)) for run in running_runs(client, args.experiment)]
     for run, state in runs:
         tags = run.data.tags
         ending = ""
         if state == GONE and args.close:
-            close(run)
+            close(run, client)
             ending = " -> ended KILLED"
             if "checkpoint" in tags:  # a training run; a sweep's or a study's run has none
                 ending += f"; continue with resume={run.info.run_id}"
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     gone = sum(state == GONE for _, state in runs)
     what = "ended KILLED" if args.close else "whose process is gone (end them with --close)"
     print(f"{len(runs)} RUNNING run(s) in experiment {args.experiment!r} at "
-          f"{mlflow.get_tracking_uri()}; {gone} {what}")
+          f"{uri}; {gone} {what}")
     return 0
 
 

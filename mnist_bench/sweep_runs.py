@@ -136,14 +136,14 @@ def close_orphans(client: MlflowClient, parent: ParentRun) -> list[Run]:
 
 def _log_report(client: MlflowClient, parent: ParentRun) -> None:
     """The sweep's report (tables and figures) as the parent's ``report/`` artifacts."""
-    from mnist_bench import report
+    from mnist_bench import report_tables
 
     mlflow.set_tracking_uri(parent.uri)
     try:
         experiment = client.get_experiment(parent.experiment_id).name
         with tempfile.TemporaryDirectory() as folder:
-            report.build_report(report.load_runs(experiment, parent.sweep_id), Path(folder),
-                                f"sweep {parent.sweep_id}")
+            runs_of_sweep = report_tables.load_runs(experiment, parent.sweep_id)
+            report_tables.build_report(runs_of_sweep, Path(folder), f"sweep {parent.sweep_id}")
             client.log_artifacts(parent.run_id, folder, "report")
     except Exception as err:  # the report is a bonus; the parent must still end
         log.warning("sweep %s: no report in the parent run (%s)", parent.sweep_id, err)

@@ -31,15 +31,9 @@ def tracking_uri(configured: str | None, launch_dir: str | Path) -> str:
     return from_env or f"sqlite:///{Path(launch_dir).resolve() / 'mlflow.db'}"
 
 
-def add_store_args(parser: argparse.ArgumentParser) -> None:
-    """``--experiment`` and ``--tracking-uri``, for the commands that read runs."""
-    parser.add_argument("--experiment", default="mnist_bench", help="MLflow experiment name")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db")
-
-
 def read_store(args: argparse.Namespace) -> str:
-    """The store that ``add_store_args``' options name, made current; one line if absent."""
+    """The store that :func:`~mnist_bench.selection_args.add_store_args`' options name, made
+    current; one line if absent."""
     uri = existing_store(tracking_uri(args.tracking_uri, Path.cwd()))
     mlflow.set_tracking_uri(uri)
     return uri

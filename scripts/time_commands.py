@@ -4,10 +4,10 @@ Each timing is the wall time of one whole ``python -m mnist_bench ...`` process 
 start, imports, Hydra, data, training, MLflow), i.e. what a user waits for: 1. ``model=mlp
 trainer.epochs=1`` after one untimed run in the same launch folder (so its ``mlflow.db`` exists);
 2. ``trainer.epochs=0``, a config error (must exit non-zero); 3. ``--help``; 4. ``--cfg job``;
-5. ``python -m mnist_bench.report --help`` (as for the other commands that read runs: register,
-runs); 6. ``python -m mnist_bench.tsne --help``; 7. ``python -m mnist_bench.tsne n_samples=10``, a
-config error; 8. ``scripts/library_floor.py`` of the working tree (in both columns): what torch and
-MLflow alone cost a tracked run, in one process, before any of the project's own work.
+5.-7. ``--help`` of the commands that read runs: ``python -m mnist_bench.report``, ``register``,
+``runs``; 8. ``python -m mnist_bench.tsne --help``; 9. ``python -m mnist_bench.tsne n_samples=10``,
+a config error; 10. ``scripts/library_floor.py`` of the working tree (in both columns): what torch
+and MLflow alone cost a tracked run, in one process, before any of the project's own work.
 
 Each command runs in a fresh temporary launch folder per tree, with ``PYTHONPATH`` set to that
 tree's root (the package finds ``conf/`` next to itself), ``$MNIST_DATA_ROOT`` passed on and
@@ -59,6 +59,8 @@ COMMANDS = (
     Command("--help", ("--help",)),
     Command("--cfg job", ("--cfg", "job")),
     Command("report --help", ("--help",), module="mnist_bench.report"),
+    Command("register --help", ("--help",), module="mnist_bench.register"),
+    Command("runs --help", ("--help",), module="mnist_bench.runs"),
     Command("tsne --help", ("--help",), module="mnist_bench.tsne"),
     Command("tsne config error", ("n_samples=10",), module="mnist_bench.tsne", expect_ok=False),
     Command("libraries alone (scripts/library_floor.py)", (), warm_up=True,

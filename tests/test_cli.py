@@ -220,10 +220,27 @@ def test_config_error_is_one_message_before_torch_is_imported(tmp_path, module, 
 
 
 def test_the_commands_that_read_runs_import_neither_torch_nor_the_training_code(tmp_path):
-    probe = ("import sys, mnist_bench.report, mnist_bench.register, mnist_bench.runs\n"
+    probe = ("import sys, mnist_bench.report_tables, mnist_bench.model_registry, mnist_bench.runs, "
+             "mnist_bench.tracking_store\n"
              "print(sorted({'torch', 'mnist_bench.tracking'} & set(sys.modules)))")
     proc = run_cli(["-c", probe], cwd=tmp_path, module=None)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("command", ["report", "register", "runs"])
+def test_the_commands_that_read_runs_answer_help_and_a_wrong_option_before_importing_mlflow(
+        tmp_path, command):
+    probe = ("import runpy, sys\n"
+             "try:\n"
+             f"    runpy.run_module('mnist_bench.{command}', run_name='__main__')\n"
+             "except SystemExit as e:\n"
+             "    print('mlflow' in sys.modules, 'pandas' in sys.modules, e.code)\n")
+    helped = run_cli(["-c", probe, "--help"], cwd=tmp_path, module=None)
+    assert helped.stdout.splitlines()[-1] == "False False 0", helped.stdout + helped.stderr
+    assert f"usage: python -m mnist_bench.{command}" in helped.stdout
+    wrong = run_cli(["-c", probe, "--experimnet", "x"], cwd=tmp_path, module=None)
+    assert wrong.stdout.split() == ["False", "False", "2"], wrong.stdout + wrong.stderr
+    assert "unrecognized arguments: --experimnet x" in wrong.stderr
 
 
 def test_training_collects_garbage_and_the_job_leaves_the_collector_as_it_was(

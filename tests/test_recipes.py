@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import DATA_ROOT, run_in_process
-from mnist_bench import report
+from mnist_bench import report_tables
 from mnist_bench.augment import random_affine, transform
 from mnist_bench.cli import CONF_DIR
 from mnist_bench.config import config_problems
@@ -199,5 +199,5 @@ def test_a_preset_trains_end_to_end_and_gets_its_own_report_rows(preset, tmp_pat
     assert run.data.metrics["test_acc"] > 0.3
     batches = 2 * math.ceil(3000 / compose_preset(preset).trainer.batch_size)
     assert len(augmented) == (0 if preset == "speedrun" else batches)
-    runs = report.load_runs("mnist_bench", None)
+    runs = report_tables.load_runs("mnist_bench", None)
     assert list(runs["model"]) == [preset] and list(runs["base_model"]) == [PRESETS[preset]]

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import SMALL_SWEEP, compose_job, run_cli, run_in_process, sqlite_uri
-from mnist_bench import checkpoint, plots, register, report, runs
+from mnist_bench import checkpoint, plots, register, report, report_tables, runs
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -179,7 +179,7 @@ def test_runs_that_share_a_learning_rate_form_one_curve_of_all_of_them():
                          "run_id": ["aaaaaaa111", "bbbbbbb222", "ccccccc333"],
                          "outcome": "ok", "val_acc": 0.9})
     curves = {run_id: [{"val_acc": float(i)}] for i, run_id in enumerate(runs["run_id"])}
-    [(title, by_label)] = report.curves_by_model(runs, curves).items()
+    [(title, by_label)] = report_tables.curves_by_model(runs, curves).items()
     assert by_label == {"lr=0.01 (2 runs)": [[{"val_acc": 0.0}], [{"val_acc": 1.0}]],
                         "lr=0.001": [[{"val_acc": 2.0}]]}
 
@@ -189,8 +189,8 @@ def test_figures_of_an_epoch_variant_carry_the_networks_title_like_its_table():
                          "epochs": [10, 25], "lr": [0.0002] * 2, "run_id": ["a1", "b2"],
                          "outcome": "ok", "val_acc": 0.9})
     curves = {"a1": [{"val_acc": 0.9}], "b2": [{"val_acc": 0.95}]}
-    assert list(report.curves_by_model(runs, curves)) == ["LeNet-5", "LeNet-5, 25 epochs"]
-    assert report.section_title(runs, "lenet (25 epochs)") == \
+    assert list(report_tables.curves_by_model(runs, curves)) == ["LeNet-5", "LeNet-5, 25 epochs"]
+    assert report_tables.section_title(runs, "lenet (25 epochs)") == \
         "LeNet-5, 25 epochs: learning rates"
 
 
@@ -237,10 +237,10 @@ def constructed_runs(cells: dict[float, list[float]], model: str = "lenet") -> p
 
 def test_a_cell_whose_seeds_split_is_shown_as_bimodal_not_averaged():
     runs = constructed_runs({0.01: [0.976, 0.987, 0.101, 0.114], 0.0002: [0.93, 0.94, 0.935]})
-    table = report.lr_table(runs, "lenet", report.published())
+    table = report_tables.lr_table(runs, "lenet", report_tables.published())
     cell = table.set_index("lr").loc[0.01]
     assert cell["bimodal"] and (cell["learned"], cell["at_chance"]) == (2, 2)
-    text = report._markdown(table)
+    text = report_tables._markdown(table)
     assert "bimodal: 2 learned (98.15), 2 at chance (10.75)" in text
     assert "54.4" not in text  # the mean of all four describes none of them
     assert not table.set_index("lr").loc[0.0002, "bimodal"]
@@ -249,9 +249,9 @@ def test_a_cell_whose_seeds_split_is_shown_as_bimodal_not_averaged():
 def test_table4_says_whether_the_runner_up_is_within_the_interval():
     tied = constructed_runs({0.01: [0.980, 0.984, 0.976], 0.001: [0.979, 0.981, 0.975]})
     clear = constructed_runs({0.01: [0.980, 0.981, 0.982], 0.001: [0.90, 0.91, 0.92]})
-    paper = report.published()
-    assert report.best_table(tied, paper).loc[0, "verdict"] == "tied with lr=0.001"
-    best = report.best_table(clear, paper).loc[0]
+    paper = report_tables.published()
+    assert report_tables.best_table(tied, paper).loc[0, "verdict"] == "tied with lr=0.001"
+    best = report_tables.best_table(clear, paper).loc[0]
     assert (best["lr"], best["verdict"]) == (0.01, "best")
     assert best["train_time_s"] == pytest.approx(11.0) and best["train_time_s_sd"] == 1.0
 
@@ -260,13 +260,13 @@ def test_googlenet_stands_beside_the_published_lenet_rows_in_every_table():
     """The report's "LeNet" numbers are compared with GoogLeNet's in the learning-rate table,
     so its Table 4 row must face the same published network's row, not none."""
     runs = constructed_runs({0.01: [0.98, 0.99], 0.0002: [0.97, 0.975]}, model="googlenet")
-    paper = report.published()
+    paper = report_tables.published()
     lenet_row = paper[(paper["table"] == 4) & (paper["model"] == "lenet")].iloc[0]
-    best = report.best_table(runs, paper).iloc[0]
+    best = report_tables.best_table(runs, paper).iloc[0]
     assert best["paper_val_acc"] == lenet_row["val_acc"] == 0.987
     assert best["paper_test_loss"] == lenet_row["loss"]
     table2 = paper[(paper["table"] == 2) & (paper["lr"] == 0.01)].iloc[0]
-    assert report.lr_table(runs, "googlenet", paper).set_index("lr").loc[
+    assert report_tables.lr_table(runs, "googlenet", paper).set_index("lr").loc[
         0.01, "paper_val_acc"] == table2["val_acc"]
 
 
@@ -277,36 +277,38 @@ NAN = math.nan
 def test_table4_counts_failed_runs_and_keeps_a_model_whose_runs_all_failed(seeds):
     mlp = constructed_runs({0.01: [0.97, 0.96, NAN] if seeds else [0.97], 0.02: [NAN]}, "mlp")
     lenet = constructed_runs({0.01: [NAN, NAN] if seeds else [NAN]}, "lenet")
-    table = report.best_table(pd.concat([mlp, lenet]), report.published()).set_index("model")
+    table = report_tables.best_table(pd.concat([mlp, lenet]),
+                                     report_tables.published()).set_index("model")
     assert table.loc["mlp", "lr"] == 0.01
     if seeds:
         assert (table.loc["mlp", "runs"], table.loc["mlp", "outcome"]) == (3, "2 ok, 1 diverged")
     assert table.loc["lenet", "outcome"] == ("2 diverged" if seeds else "diverged")
-    assert "diverged" in report._markdown(table.reset_index())
+    assert "diverged" in report_tables._markdown(table.reset_index())
 
 
 def test_table4_keeps_a_model_whose_only_finished_run_has_no_validation_accuracy():
     runs = pd.concat([constructed_runs({0.01: [0.95]}, "mlp"),
                       constructed_runs({0.01: [0.97]}, "lenet").assign(val_acc=NAN)])
-    table = report.best_table(runs, report.published()).set_index("model")
+    table = report_tables.best_table(runs, report_tables.published()).set_index("model")
     assert table.loc["mlp", "val_acc"] == 0.95 and table.loc["lenet", "lr"] == 0.01
 
 
 def test_a_single_run_inside_the_runner_ups_interval_is_tied_not_best():
     runs = constructed_runs({0.01: [0.9721], 0.001: [0.970, 0.972, 0.974, 0.971, 0.973]})
-    assert report.best_table(runs, report.published()).loc[0, "verdict"] == "tied with lr=0.001"
+    best = report_tables.best_table(runs, report_tables.published()).loc[0]
+    assert best["verdict"] == "tied with lr=0.001"
 
 
 def test_a_bimodal_cell_keeps_its_published_value_and_counts_runs_in_between():
     runs = constructed_runs({0.01: [0.98, 0.98, 0.35, 0.11], 0.0002: [0.93, 0.94]})
-    text = report._markdown(report.lr_table(runs, "lenet", report.published()))
+    text = report_tables._markdown(report_tables.lr_table(runs, "lenet", report_tables.published()))
     assert "bimodal: 2 learned (98.00), 1 at chance (11.00), 1 in between (35.00)" in text
     assert "(91.7)" in text  # the published validation accuracy of Table 2 at lr 0.01
 
 
 def test_no_published_value_means_no_verdict_on_it():
-    row = report.lr_table(constructed_runs({0.005: [0.95, 0.96]}), "lenet",
-                          report.published()).iloc[0]
+    row = report_tables.lr_table(constructed_runs({0.005: [0.95, 0.96]}), "lenet",
+                          report_tables.published()).iloc[0]
     assert pd.isna(row["paper_val_acc"]) and pd.isna(row["paper_in_ci_val_acc"])
 
 
@@ -315,7 +317,7 @@ def test_curves_leave_out_failed_runs_and_split_a_bimodal_cell():
                              0.02: [NAN, NAN]}, "lenet")
     curves = {r: [{"val_acc": 0.5}] * 10 for r in runs["run_id"]}
     curves["0.01-2"] = [{"val_acc": 0.5}]  # diverged in its first epoch
-    [(_, groups)] = report.curves_by_model(runs, curves).items()
+    [(_, groups)] = report_tables.curves_by_model(runs, curves).items()
     assert {label: len(h) for label, h in groups.items()} == {
         "lr=0.01 (2 runs)": 2, "lr=0.0002 learned (2 runs)": 2, "lr=0.0002 at chance": 1,
         "lr=0.02 diverged (2 runs)": 2}
@@ -353,7 +355,7 @@ def test_a_bimodal_cells_groups_share_their_learning_rates_colour():
 
 def test_a_selection_of_other_than_10_epochs_says_so_beside_the_published_table():
     runs = constructed_runs({0.0002: [0.96, 0.97]}).assign(epochs=25, base_model="lenet")
-    assert report.section_title(runs, "lenet") == \
+    assert report_tables.section_title(runs, "lenet") == \
         "LeNet-5: learning rates (25 epochs; report Table 2: 10 epochs)"
 
 
@@ -369,7 +371,7 @@ def test_a_run_still_starting_without_parameters_is_skipped_with_a_word(tmp_path
     client.set_terminated(finished.info.run_id)
     client.create_run(experiment, tags={"model": "mlp", "sweep_id": "s"})  # no params yet
     mlflow.set_tracking_uri(store)
-    runs = report.load_runs("mnist_bench", "s")
+    runs = report_tables.load_runs("mnist_bench", "s")
     assert runs["run_id"].tolist() == [finished.info.run_id]
     assert "1 run without parameters" in capsys.readouterr().err
 
@@ -378,7 +380,7 @@ def test_a_pruned_trial_is_not_counted_as_a_finished_run():
     """Optuna's pruned trials end FINISHED with a ``pruned`` tag after a few epochs: their
     accuracies are no 10-epoch result."""
     pruned = pd.Series({"status": "FINISHED", "tags.pruned": "true", "tags.diverged": None})
-    assert report._outcome(pruned) == "pruned"
+    assert report_tables._outcome(pruned) == "pruned"
 
 
 def test_a_cell_whose_runs_differ_in_more_than_their_seed_is_named(tmp_path, monkeypatch):
@@ -387,11 +389,11 @@ def test_a_cell_whose_runs_differ_in_more_than_their_seed_is_named(tmp_path, mon
         **{"params.trainer.batch_size": ["64", "64", "128", "64", "64"],
            "params.trainer.seed": ["0", "1", "2", "0", "1"],
            "params.device.num_threads": ["2", "1", "1", "1", "1"], "epochs": 10})
-    assert report.mixed_settings(runs) == [
+    assert report_tables.mixed_settings(runs) == [
         "mlp lr=0.01: its 3 runs differ in trainer.batch_size, not only in their seed"]
-    monkeypatch.setattr(report, "histories", lambda client, run_ids: {
+    monkeypatch.setattr(report_tables, "histories", lambda client, run_ids: {
         r: [{"val_acc": 0.9}] for r in run_ids})
-    index = report.build_report(runs, tmp_path, "constructed").read_text()
+    index = report_tables.build_report(runs, tmp_path, "constructed").read_text()
     assert "differ in trainer.batch_size" in index
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", index)
     assert "train_time_best.png" in figures and all((tmp_path / f).is_file() for f in figures)
@@ -400,14 +402,14 @@ def test_a_cell_whose_runs_differ_in_more_than_their_seed_is_named(tmp_path, mon
 @pytest.mark.parametrize("seeds", [[0.95, 0.96], [0.95]], ids=["seeds", "one run"])
 def test_a_metric_that_finished_runs_did_not_log_says_so(seeds):
     runs = constructed_runs({0.01: seeds}, "mlp").assign(test_acc=NAN)
-    text = report._markdown(report.lr_table(runs, "mlp", report.published()))
+    text = report_tables._markdown(report_tables.lr_table(runs, "mlp", report_tables.published()))
     assert "not logged" in text and "nan" not in text
 
 
 def test_a_report_of_runs_that_all_failed_is_refused_before_writing_anything(tmp_path):
     runs = constructed_runs({0.02: [NAN, NAN]}, "mlp")
-    with pytest.raises(report.ReportError, match="every selected run"):
-        report.build_report(runs, tmp_path / "report", "constructed")
+    with pytest.raises(report_tables.ReportError, match="every selected run"):
+        report_tables.build_report(runs, tmp_path / "report", "constructed")
     assert not (tmp_path / "report").exists()
 
 
@@ -415,12 +417,13 @@ def test_an_accuracy_interval_stops_at_100_percent():
     """Two seeds far apart: Student's t interval of the mean would reach past 100 %, which no
     accuracy can; the table shows it cut at the possible range."""
     runs = constructed_runs({0.02: [0.9728, 0.9839]})
-    row = report.lr_table(runs, "lenet", report.published()).iloc[0]
+    row = report_tables.lr_table(runs, "lenet", report_tables.published()).iloc[0]
     t_high = scipy.stats.t.interval(0.95, 1, loc=0.97835, scale=statistics.stdev(
         [0.9728, 0.9839]) / math.sqrt(2))[1]
     assert t_high > 1 and row["test_acc_ci_high"] == 1.0
     assert row["test_acc_ci_low"] == pytest.approx(2 * 0.97835 - t_high)
-    assert "100.00]" in report._markdown(report.lr_table(runs, "lenet", report.published()))
+    table = report_tables.lr_table(runs, "lenet", report_tables.published())
+    assert "100.00]" in report_tables._markdown(table)
 
 
 def test_seed_sweep_statistics_match_an_independent_computation(tmp_path, data_root):
@@ -466,7 +469,7 @@ def test_table4_shows_the_sweep_and_the_25_epoch_protocol_each_beside_the_publis
     rows = {r["model"]: r for r in read_csv(tmp_path / "report" / "table4_best.csv")}
     assert set(rows) == {"mlp (1 epochs)", "mlp (2 epochs)"}
     assert float(rows["mlp (2 epochs)"]["lr"]) == 0.0002
-    paper_mlp = report.published().query("table == 4 and model == 'mlp'").iloc[0]
+    paper_mlp = report_tables.published().query("table == 4 and model == 'mlp'").iloc[0]
     for row in rows.values():
         assert float(row["paper_test_acc"]) == paper_mlp["test_acc"]
     assert (tmp_path / "report" / "table_mlp_2_epochs.md").is_file()
