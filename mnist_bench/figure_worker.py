@@ -79,16 +79,25 @@ class FigureWorker:
         answered, _, _ = select.select([self.process.stdout], [], [], DRAWING_TIMEOUT_S)
         if not answered:
             self._fail(f"the helper did not finish within {DRAWING_TIMEOUT_S:g} s")
-        if self.process.stdout.readline() != DRAWN:  # the end of its output: it has ended
-            said = (self.folder / ERRORS).read_text(errors="replace").strip().splitlines()
-            self._fail(said[-1] if said else
-                       f"the helper ended with status {self.process.wait()}")
+        answer = self.process.stdout.readline()
+        if answer != DRAWN:
+            self._fail(self._why_not(answer))
         self.busy = False
         return [self.folder / name for name in FIGURES]
 
     def idle(self) -> bool:
         """Alive and not drawing: ready for the next job."""
         return not self.busy and self.process.poll() is None
+
+    def _why_not(self, answer: bytes) -> str:
+        """Why the helper gave ``answer`` instead of ``drawn``: its last words, else how it
+        ended (an empty answer: the end of its output), else the answer itself."""
+        said = (self.folder / ERRORS).read_text(errors="replace").strip().splitlines()
+        if said:
+            return said[-1]
+        if answer:
+            return f"the helper answered {answer[:100]!r}"
+        return f"the helper ended with status {self.process.wait()}"
 
     def _fail(self, reason: str) -> NoReturn:
         message = f"the figures could not be drawn: {reason}"

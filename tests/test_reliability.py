@@ -595,6 +595,21 @@ def test_a_figure_helper_runs_the_jobs_copy_of_the_package(tmp_path, monkeypatch
         worker.stop()
 
 
+def test_a_helper_that_answers_something_else_fails_the_figures_without_waiting(monkeypatch):
+    monkeypatch.setattr(figure_worker, "HELPER",
+                        "import sys; print('what?', flush=True); sys.stdin.read()")
+    worker = figure_worker.FigureWorker()
+    guard = threading.Timer(30, worker.process.kill)  # instead of waiting for its end for ever
+    guard.start()
+    try:
+        worker.draw([{"train_loss": 0.5}], np.eye(10, dtype=int), "mlp")
+        with pytest.raises(figure_worker.FiguresFailed, match=r"the helper answered b'what\?"):
+            worker.finished()
+    finally:
+        guard.cancel()
+        worker.stop()
+
+
 def test_a_figure_helper_whose_job_died_removes_its_folder_and_ends(tmp_path):
     worker = figure_worker.FigureWorker()
     worker.process.stdin.close()  # what the job's death does to the helper's input
