@@ -40,12 +40,15 @@ def main() -> None:
     from mnist_bench import plots  # noqa: F401  (matplotlib: imported while the job trains)
 
     folder = Path(sys.argv[1])
-    answers, sys.stdout = sys.stdout.buffer, sys.stderr  # stdout carries the answers alone
-    for request in sys.stdin:  # one per job, until the jobs' process ends
-        try:
-            draw_figures(json.loads(request), folder)
-        except Exception as err:  # one line for the job's log, not a traceback in the helper's
-            sys.exit(" ".join(f"{type(err).__name__}: {err}".split())[:300])
-        answers.write(DRAWN)
-        answers.flush()
+    answers = os.dup(1)  # the answers alone: anything else written to stdout goes to stderr
+    os.dup2(2, 1)
+    try:
+        for request in sys.stdin:  # one per job, until the jobs' process ends
+            try:
+                draw_figures(json.loads(request), folder)
+            except Exception as err:  # one line that the job reads, then removes the folder
+                sys.exit(" ".join(f"{type(err).__name__}: {err}".split())[:300])
+            os.write(answers, DRAWN)
+    except BrokenPipeError:  # the jobs' process ended while this drew
+        pass
     shutil.rmtree(folder, ignore_errors=True)  # nobody else will

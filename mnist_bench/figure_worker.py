@@ -22,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import select
+import os
+import selectors
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,8 @@ class FigureWorker:
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="mnist_bench_figures_"))
         self.busy = False  # asked to draw, or waited for, and its answer not read yet
+        self.owner = os.getpid()  # a process forked from the owner must leave it alone
+        self.errors_before = 0  # what the helper said to stderr before the current request
         with open(self.folder / ERRORS, "wb") as errors:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", HELPER, str(self.folder)], stdin=subprocess.PIPE,
@@ -69,6 +72,7 @@ class FigureWorker:
     def send(self, request: Mapping) -> None:
         """One request, as one line of JSON."""
         self.busy = True
+        self.errors_before = (self.folder / ERRORS).stat().st_size
         with contextlib.suppress(BrokenPipeError):  # a helper that died: finished() says why
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
             self.process.stdin.flush()
@@ -76,7 +80,9 @@ class FigureWorker:
     def finished(self) -> list[Path]:
         """Wait for the helper's answer; the figures it drew, or :class:`FiguresFailed`."""
         self.busy = True
-        answered, _, _ = select.select([self.process.stdout], [], [], DRAWING_TIMEOUT_S)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            answered = selector.select(DRAWING_TIMEOUT_S)
         if not answered:
             self._fail(f"the helper did not finish within {DRAWING_TIMEOUT_S:g} s")
         answer = self.process.stdout.readline()
@@ -90,9 +96,11 @@ class FigureWorker:
         return not self.busy and self.process.poll() is None
 
     def _why_not(self, answer: bytes) -> str:
-        """Why the helper gave ``answer`` instead of ``drawn``: its last words, else how it
-        ended (an empty answer: the end of its output), else the answer itself."""
-        said = (self.folder / ERRORS).read_text(errors="replace").strip().splitlines()
+        """Why the helper gave ``answer`` instead of ``drawn``: its last words on this request,
+        else how it ended (an empty answer: the end of its output), else the answer itself."""
+        with open(self.folder / ERRORS, "rb") as errors:
+            errors.seek(self.errors_before)
+            said = errors.read().decode(errors="replace").strip().splitlines()
         if said:
             return said[-1]
         if answer:
@@ -123,6 +131,8 @@ def started() -> Iterator[FigureWorker]:
     Left ready for the next job if it is idle at the end of the block, stopped otherwise."""
     global _idle
     worker, _idle = _idle, None
+    if worker is not None and worker.owner != os.getpid():
+        worker = None  # inherited by a fork: its owner still uses it
     if worker is None or not worker.idle():
         if worker is not None:
             worker.stop()

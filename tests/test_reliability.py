@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -450,7 +451,7 @@ def test_a_dataset_another_job_logged_meanwhile_is_linked_not_a_failure(tmp_path
 
 
 @pytest.fixture
-def figure_helpers(monkeypatch) -> list[figure_worker.FigureWorker]:
+def figure_helpers(monkeypatch) -> Iterator[list[figure_worker.FigureWorker]]:
     """Every figure helper started while the test runs (mnist_bench/figure_worker.py), the
     first one too: none is left ready by an earlier test."""
     monkeypatch.setattr(figure_worker, "_idle", None)
@@ -462,7 +463,9 @@ def figure_helpers(monkeypatch) -> list[figure_worker.FigureWorker]:
         started.append(self)
 
     monkeypatch.setattr(figure_worker.FigureWorker, "__init__", recording)
-    return started
+    yield started
+    for helper in started:  # the one a test left ready, too: no helper outlives its test
+        helper.stop()
 
 
 def test_a_figure_helper_that_fails_ends_the_run_failed_with_its_reason(
@@ -608,6 +611,54 @@ def test_a_helper_that_answers_something_else_fails_the_figures_without_waiting(
     finally:
         guard.cancel()
         worker.stop()
+
+
+def test_a_helper_whose_process_ended_while_it_drew_removes_its_folder_and_ends(tmp_path):
+    program = ("import os, numpy as np\n"
+               "from mnist_bench import figure_worker\n"
+               "worker = figure_worker.FigureWorker()\n"
+               "print(worker.process.pid, worker.folder, flush=True)\n"
+               "worker.draw([{'train_loss': 0.5}], np.eye(10, dtype=int), 'mlp')\n"
+               "os._exit(0)  # as SIGKILL would end it, before the answer\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=120, check=True)
+    pid, folder = done.stdout.split()
+    deadline = time.monotonic() + 60
+    while not has_ended(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert has_ended(int(pid)) and not Path(folder).exists()
+
+
+def test_a_helper_killed_on_a_later_request_is_not_blamed_on_an_earlier_warning(monkeypatch):
+    monkeypatch.setattr(figure_worker, "HELPER", (
+        "import os, signal, sys\n"
+        "for n, request in enumerate(sys.stdin):\n"
+        "    if n:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    print('a harmless warning', file=sys.stderr, flush=True)\n"
+        "    print('drawn', flush=True)\n"))
+    worker = figure_worker.FigureWorker()
+    try:
+        worker.draw([{"train_loss": 0.5}], np.eye(10, dtype=int), "mlp")
+        worker.finished()
+        worker.draw([{"train_loss": 0.4}], np.eye(10, dtype=int), "mlp")
+        with pytest.raises(figure_worker.FiguresFailed, match="ended with status -9"):
+            worker.finished()
+    finally:
+        worker.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_process_leaves_its_parents_ready_helper_alone(tmp_path, figure_helpers):
+    with figure_worker.started() as parents:
+        pass
+    assert figure_worker._idle is parents
+    child = os.fork()
+    if child == 0:  # a job in a process forked from this one, without exec
+        with figure_worker.started() as own:
+            os._exit(0 if own is not parents else 1)
+    assert os.waitpid(child, 0)[1] == 0
+    assert parents.idle() and parents.folder.is_dir()
 
 
 def test_a_figure_helper_whose_job_died_removes_its_folder_and_ends(tmp_path):
