@@ -1,7 +1,7 @@
 """The program of the figures' helper process (:mod:`mnist_bench.figure_worker` starts it):
 for each line of JSON on standard input, draw the learning curves and the confusion matrix into
-the folder named by the first argument and answer ``drawn`` on standard output; one line on
-standard error and status 1 if that fails. At the end of its input it removes the folder.
+the folder the request names and answer ``drawn`` on standard output; one line on standard error
+and status 1 if that fails. It ends at the end of its input, or when its answer finds no reader.
 
 It imports only matplotlib, numpy and :mod:`mnist_bench.plots`, at a lower priority than its
 job: the less it takes from the job, the better.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Mapping
@@ -23,12 +22,13 @@ CURVES, CONFUSION_MATRIX = FIGURES = ("curves.png", "confusion_matrix.png")
 DRAWN = b"drawn\n"  # the answer to a request that was drawn
 
 
-def draw_figures(request: Mapping, folder: Path) -> None:
+def draw_figures(request: Mapping) -> None:
     from mnist_bench import plots
 
-    title = request["title"]
-    plots.save(plots.plot_curves({title: [request["history"]]}, title=title), folder / CURVES)
-    plots.save(plots.plot_confusion_matrix(np.array(request["confusion"]), f"{title}: test set"),
+    title, folder = request["title"], Path(request["folder"])
+    history, confusion = request["history"], np.array(request["confusion"])
+    plots.save(plots.plot_curves({title: [history]}, title=title), folder / CURVES)
+    plots.save(plots.plot_confusion_matrix(confusion, f"{title}: test set"),
                folder / CONFUSION_MATRIX)
 
 
@@ -39,16 +39,14 @@ def main() -> None:
         os.nice(10)
     from mnist_bench import plots  # noqa: F401  (matplotlib: imported while the job trains)
 
-    folder = Path(sys.argv[1])
     answers = os.dup(1)  # the answers alone: anything else written to stdout goes to stderr
     os.dup2(2, 1)
     try:
         for request in sys.stdin:  # one per job, until the jobs' process ends
             try:
-                draw_figures(json.loads(request), folder)
-            except Exception as err:  # one line that the job reads, then removes the folder
+                draw_figures(json.loads(request))
+            except Exception as err:  # one line for the job's log, not a traceback
                 sys.exit(" ".join(f"{type(err).__name__}: {err}".split())[:300])
             os.write(answers, DRAWN)
     except BrokenPipeError:  # the jobs' process ended while this drew
         pass
-    shutil.rmtree(folder, ignore_errors=True)  # nobody else will

@@ -4,17 +4,18 @@ Importing matplotlib and drawing the two figures take about 0.7 s of a one-epoch
 Python that holds the GIL, so no thread can overlap it with the job's own work. A job therefore
 takes a helper process (its program: :mod:`mnist_bench.figure_helper`) when it starts: the
 helper imports matplotlib on the other core while the job trains, draws once the job hands it
-the results of its test pass, and writes the figures as PNG files into its folder, which the job
-logs once it has logged the model. The helper only writes files: the job's process is the only
-one that writes its MLflow run.
+the results of its test pass, and writes the figures as PNG files into the job's output folder,
+which the job logs once it has logged the model. The helper only writes files: the job's process
+is the only one that writes its MLflow run.
 
 A helper that drew what its job asked, or was never asked, waits for the next job of the same
 process (the jobs of a sweep, of a test session), which then does not wait for matplotlib's
 import again. A helper that failed, or whose job ended while it drew, is stopped.
 
-The helper gets one line of JSON per job on its standard input and answers each with one line.
-It ignores Ctrl-C and SIGTERM and runs in its own session: a job stops it, or it ends, and
-removes its folder, when its input closes, which it does when the job's process ends, however.
+The helper gets one line of JSON per job on its standard input and answers each with one line;
+its standard error goes to a file without a name, which no kill can leave behind. It ignores
+Ctrl-C and SIGTERM and runs in its own session: a job stops it, or it ends when its input
+closes, which it does when the job's process ends, however.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import json
 import logging
 import os
 import selectors
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,7 +38,6 @@ from mnist_bench.cli import ReportedError
 from mnist_bench.figure_helper import DRAWN, FIGURES
 
 log = logging.getLogger("mnist_bench")
-ERRORS = "helper.err"  # the helper's standard error, in its folder
 DRAWING_TIMEOUT_S = 120.0  # it draws in about half a second; longer means it is stuck
 # The helper runs this copy of the package, wherever the job found it: first on its path, before
 # the folder it starts in (``python -m`` would put that first).
@@ -51,28 +50,30 @@ class FiguresFailed(ReportedError):
 
 
 class FigureWorker:
-    """The job's side of one helper process, drawing into a folder of its own."""
+    """The job's side of one helper process."""
 
     def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="mnist_bench_figures_"))
         self.busy = False  # asked to draw, or waited for, and its answer not read yet
+        self.folder: Path | None = None  # where the current request's figures go
         self.owner = os.getpid()  # a process forked from the owner must leave it alone
-        self.errors_before = 0  # what the helper said to stderr before the current request
-        with open(self.folder / ERRORS, "wb") as errors:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", HELPER, str(self.folder)], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=errors, start_new_session=True)
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115  (the helper's stderr; stop() closes it)
+        self.errors_before = 0  # what it said there before the current request
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", HELPER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.errors, start_new_session=True)
 
-    def draw(self, history: Sequence[Mapping[str, float]], confusion: np.ndarray,
-             title: str) -> None:
-        """Hand the helper what to draw; it draws while the job goes on."""
+    def draw(self, history: Sequence[Mapping[str, float]], confusion: np.ndarray, title: str,
+             folder: Path) -> None:
+        """Hand the helper what to draw into ``folder``; it draws while the job goes on."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
         self.send({"history": list(map(dict, history)), "confusion": confusion.tolist(),
-                   "title": title})
+                   "title": title, "folder": str(folder)})
 
     def send(self, request: Mapping) -> None:
         """One request, as one line of JSON."""
         self.busy = True
-        self.errors_before = (self.folder / ERRORS).stat().st_size
+        self.errors_before = self.errors.seek(0, os.SEEK_END)
         with contextlib.suppress(BrokenPipeError):  # a helper that died: finished() says why
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
             self.process.stdin.flush()
@@ -98,9 +99,8 @@ class FigureWorker:
     def _why_not(self, answer: bytes) -> str:
         """Why the helper gave ``answer`` instead of ``drawn``: its last words on this request,
         else how it ended (an empty answer: the end of its output), else the answer itself."""
-        with open(self.folder / ERRORS, "rb") as errors:
-            errors.seek(self.errors_before)
-            said = errors.read().decode(errors="replace").strip().splitlines()
+        self.errors.seek(self.errors_before)
+        said = self.errors.read().decode(errors="replace").strip().splitlines()
         if said:
             return said[-1]
         if answer:
@@ -116,10 +116,9 @@ class FigureWorker:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
+        for stream in (self.process.stdin, self.process.stdout, self.errors):
             with contextlib.suppress(OSError):  # what a dead helper never read cannot be flushed
                 stream.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 _idle: FigureWorker | None = None  # the helper the last job of this process left ready

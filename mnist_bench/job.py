@@ -249,7 +249,8 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
             gc_control.pause_collection()  # logging exports the model
             targets, predictions = test.targets.numpy(), test.predictions.numpy()
             figures.draw(result.history, metrics.confusion_matrix(targets, predictions),
-                         f"{model_name}, {opt_name} lr={cfg.optimizer.lr:g}")
+                         f"{model_name}, {opt_name} lr={cfg.optimizer.lr:g}",
+                         output_dir / "figures")
             with signals_held():
                 mlflow.log_metrics({"test_acc": test.acc, "test_loss": test.loss,
                                     "best_val_acc": result.best_val_acc,

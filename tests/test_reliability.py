@@ -470,8 +470,8 @@ def figure_helpers(monkeypatch) -> Iterator[list[figure_worker.FigureWorker]]:
 
 def test_a_figure_helper_that_fails_ends_the_run_failed_with_its_reason(
         tmp_path, store, monkeypatch, caplog, figure_helpers):
-    def request_without_matrix(self, history, confusion, title):
-        self.send({"history": history, "title": title})
+    def request_without_matrix(self, history, confusion, title, folder):
+        self.send({"history": history, "title": title, "folder": str(folder)})
 
     monkeypatch.setattr(figure_worker.FigureWorker, "draw", request_without_matrix)
     with pytest.raises(figure_worker.FiguresFailed):
@@ -520,7 +520,6 @@ def test_a_job_that_fails_while_its_figures_are_drawn_stops_its_helper(
         with pytest.raises(RuntimeError, match="could not be logged"):
             run_in_process([*FAST_WITH_MODEL, f"tracking.uri={store}"], tmp_path)
     assert figure_helpers[0].process.poll() == -signal.SIGKILL  # stopped, not left drawing
-    assert not figure_helpers[0].folder.exists()
     run_in_process([*FAST, f"tracking.uri={store}"], tmp_path)  # with a helper of its own
     assert len(figure_helpers) == 2 and figure_helpers[1].process.poll() is None
 
@@ -529,28 +528,33 @@ def test_the_jobs_of_one_process_share_one_helper_and_each_logs_its_own_figures(
         tmp_path, store, figure_helpers):
     figures = {}
     for lr in (0.01, 0.0001):
-        run_id = run_in_process([*FAST, f"optimizer.lr={lr}", f"tracking.uri={store}"],
-                                tmp_path).run_id
+        job = run_in_process([*FAST, f"optimizer.lr={lr}", f"tracking.uri={store}"], tmp_path)
+        run_id = job.run_id
         (tmp_path / run_id).mkdir()
         folder = Path(MlflowClient(store).download_artifacts(run_id, "figures",
                                                              str(tmp_path / run_id)))
         figures[lr] = {name: (folder / name).read_bytes() for name in figure_worker.FIGURES}
+        assert figures[lr] == {name: (job.output_dir / "figures" / name).read_bytes()
+                               for name in figure_worker.FIGURES}  # also beside its checkpoint
     assert len(figure_helpers) == 1
     for name in figure_worker.FIGURES:  # each run's title names its learning rate
         assert figures[0.01][name] != figures[0.0001][name]
 
 
-def test_a_ready_helper_ends_and_removes_its_folder_when_its_process_ends(tmp_path):
+def test_a_ready_helper_ends_when_its_process_ends(tmp_path):
     program = ("from mnist_bench import figure_worker\n"
                "with figure_worker.started() as worker:\n"
-               "    print(worker.process.pid, worker.folder, flush=True)\n")
+               "    print(worker.process.pid, flush=True)\n")
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=120, check=True)
-    pid, folder = done.stdout.split()
-    deadline = time.monotonic() + 60
-    while not has_ended(int(pid)) and time.monotonic() < deadline:
+    assert_ends(int(done.stdout))
+
+
+def assert_ends(pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not has_ended(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert has_ended(int(pid)) and not Path(folder).exists()
+    assert has_ended(pid)
 
 
 def has_ended(pid: int) -> bool:
@@ -592,20 +596,21 @@ def test_a_figure_helper_runs_the_jobs_copy_of_the_package(tmp_path, monkeypatch
     worker = figure_worker.FigureWorker()
     try:
         worker.draw([{"train_loss": 0.5, "train_acc": 0.9, "val_acc": 0.9}],
-                    np.eye(10, dtype=int), "mlp")
+                    np.eye(10, dtype=int), "mlp", tmp_path / "figures")
         assert [path.name for path in worker.finished()] == list(figure_worker.FIGURES)
     finally:
         worker.stop()
 
 
-def test_a_helper_that_answers_something_else_fails_the_figures_without_waiting(monkeypatch):
+def test_a_helper_that_answers_something_else_fails_the_figures_without_waiting(tmp_path,
+                                                                              monkeypatch):
     monkeypatch.setattr(figure_worker, "HELPER",
                         "import sys; print('what?', flush=True); sys.stdin.read()")
     worker = figure_worker.FigureWorker()
     guard = threading.Timer(30, worker.process.kill)  # instead of waiting for its end for ever
     guard.start()
     try:
-        worker.draw([{"train_loss": 0.5}], np.eye(10, dtype=int), "mlp")
+        worker.draw([{"train_loss": 0.5}], np.eye(10, dtype=int), "mlp", tmp_path)
         with pytest.raises(figure_worker.FiguresFailed, match=r"the helper answered b'what\?"):
             worker.finished()
     finally:
@@ -613,23 +618,23 @@ def test_a_helper_that_answers_something_else_fails_the_figures_without_waiting(
         worker.stop()
 
 
-def test_a_helper_whose_process_ended_while_it_drew_removes_its_folder_and_ends(tmp_path):
-    program = ("import os, numpy as np\n"
+def test_a_helper_whose_process_ended_while_it_drew_draws_and_ends(tmp_path):
+    program = ("import os, sys, numpy as np\n"
+               "from pathlib import Path\n"
                "from mnist_bench import figure_worker\n"
                "worker = figure_worker.FigureWorker()\n"
-               "print(worker.process.pid, worker.folder, flush=True)\n"
-               "worker.draw([{'train_loss': 0.5}], np.eye(10, dtype=int), 'mlp')\n"
+               "print(worker.process.pid, flush=True)\n"
+               "worker.draw([{'train_loss': 0.5}], np.eye(10, dtype=int), 'mlp', "
+               "Path(sys.argv[1]))\n"
                "os._exit(0)  # as SIGKILL would end it, before the answer\n")
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                          timeout=120, check=True)
-    pid, folder = done.stdout.split()
-    deadline = time.monotonic() + 60
-    while not has_ended(int(pid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert has_ended(int(pid)) and not Path(folder).exists()
+    done = subprocess.run([sys.executable, "-c", program, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, check=True)
+    assert_ends(int(done.stdout))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(figure_worker.FIGURES)
 
 
-def test_a_helper_killed_on_a_later_request_is_not_blamed_on_an_earlier_warning(monkeypatch):
+def test_a_helper_killed_on_a_later_request_is_not_blamed_on_an_earlier_warning(tmp_path,
+                                                                                monkeypatch):
     monkeypatch.setattr(figure_worker, "HELPER", (
         "import os, signal, sys\n"
         "for n, request in enumerate(sys.stdin):\n"
@@ -639,9 +644,9 @@ def test_a_helper_killed_on_a_later_request_is_not_blamed_on_an_earlier_warning(
         "    print('drawn', flush=True)\n"))
     worker = figure_worker.FigureWorker()
     try:
-        worker.draw([{"train_loss": 0.5}], np.eye(10, dtype=int), "mlp")
+        worker.draw([{"train_loss": 0.5}], np.eye(10, dtype=int), "mlp", tmp_path)
         worker.finished()
-        worker.draw([{"train_loss": 0.4}], np.eye(10, dtype=int), "mlp")
+        worker.draw([{"train_loss": 0.4}], np.eye(10, dtype=int), "mlp", tmp_path)
         with pytest.raises(figure_worker.FiguresFailed, match="ended with status -9"):
             worker.finished()
     finally:
@@ -658,14 +663,16 @@ def test_a_forked_process_leaves_its_parents_ready_helper_alone(tmp_path, figure
         with figure_worker.started() as own:
             os._exit(0 if own is not parents else 1)
     assert os.waitpid(child, 0)[1] == 0
-    assert parents.idle() and parents.folder.is_dir()
+    assert parents.idle()
+    parents.draw([{"train_loss": 0.5}], np.eye(10, dtype=int), "mlp", tmp_path)
+    assert [path.name for path in parents.finished()] == list(figure_worker.FIGURES)
 
 
-def test_a_figure_helper_whose_job_died_removes_its_folder_and_ends(tmp_path):
+def test_a_figure_helper_whose_job_died_ends():
     worker = figure_worker.FigureWorker()
     worker.process.stdin.close()  # what the job's death does to the helper's input
     assert worker.process.wait(timeout=60) == 0
-    assert not worker.folder.exists()
+    worker.stop()
 
 
 @pytest.mark.slow
@@ -1266,8 +1273,12 @@ def test_a_repeated_signal_raises_again_but_never_inside_held_writes(request):
 @pytest.mark.slow
 def test_a_signal_to_a_joblib_sweeps_launcher_leaves_no_run_running(tmp_path, store, data_root):
     """Only the launching process gets SIGTERM (``kill <pid>``, not Ctrl-C in the terminal):
-    joblib then kills its workers, which cannot end their own runs."""
+    joblib then kills its workers, with their figure helpers, which cannot end their own runs
+    nor remove their own files."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["TMPDIR"] = str(temporary)
     proc = subprocess.Popen([sys.executable, "-m", "mnist_bench", "--multirun", *FAST,
                              "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                              "optimizer.lr=0.001,0.002", "trainer.epochs=50",
@@ -1282,6 +1293,7 @@ def test_a_signal_to_a_joblib_sweeps_launcher_leaves_no_run_running(tmp_path, st
     assert proc.returncode == INTERRUPTED and "Traceback" not in stderr, stderr
     statuses = {r.info.run_id: r.info.status for r in all_runs(store)}
     assert len(statuses) == 3 and set(statuses.values()) == {"KILLED"}, statuses
+    assert [p.name for p in temporary.iterdir() if p.name.startswith("mnist_bench")] == []
 
 
 @pytest.mark.slow  # a subprocess that opens the store
