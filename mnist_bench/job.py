@@ -167,8 +167,7 @@ def track_training(cfg: DictConfig, held: contextlib.ExitStack) -> float:
     apply_device_settings(cfg.device, launcher_threads())
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
 
-    tracking_store.open_store(tracking_store.tracking_uri(cfg.tracking.uri, launch_dir),
-                              cfg.tracking.experiment)
+    tracking_store.open_configured_store(cfg.tracking, launch_dir)
     search = open_search_trial(cfg)
     state = load_resume_state(cfg, held, output_dir) if cfg.resume else None
 

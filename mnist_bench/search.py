@@ -99,8 +99,7 @@ def study_run(study: optuna.Study, config: DictConfig, url: str,
               joined: str | None) -> StudyRun:
     """The study's parent MLflow run: created by the worker that created the study, else the
     run ``joined`` that the first worker created, reopened."""
-    uri = tracking_store.tracking_uri(config.tracking.uri, os.getcwd())
-    tracking_store.open_store(uri, config.tracking.experiment)
+    uri = tracking_store.open_configured_store(config.tracking, os.getcwd())
     client = MlflowClient(uri)
     if joined is None:
         experiment = mlflow.get_experiment_by_name(config.tracking.experiment)

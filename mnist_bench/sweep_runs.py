@@ -48,8 +48,7 @@ def sweep_id_of(sweep_dir: str | Path) -> str:
 
 def start_parent(config: DictConfig) -> ParentRun:
     """Create the sweep's parent run from the multirun's config (with its ``hydra`` node)."""
-    uri = tracking_store.tracking_uri(config.tracking.uri, os.getcwd())
-    tracking_store.open_store(uri, config.tracking.experiment)
+    uri = tracking_store.open_configured_store(config.tracking, os.getcwd())
     sweep_id = config.tracking.sweep_id or sweep_id_of(config.hydra.sweep.dir)
     experiment_id = mlflow.get_experiment_by_name(config.tracking.experiment).experiment_id
     overrides = " ".join(config.hydra.overrides.task) or "(defaults)"

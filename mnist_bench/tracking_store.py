@@ -15,6 +15,7 @@ import urllib.parse
 from pathlib import Path
 
 import mlflow
+from omegaconf import DictConfig
 
 from mnist_bench.cli import UserError, signals_held
 from mnist_bench.store_lock import sqlite_lock
@@ -68,6 +69,14 @@ def open_store(uri: str, experiment: str) -> None:
             raise UserError(f"tracking store {uri} cannot be used: {error_sentences(err)}\n  Point "
                             "tracking.uri (or $MLFLOW_TRACKING_URI) at an MLflow store: "
                             "sqlite:///<folder>/mlflow.db or http://<host>:<port>") from None
+
+
+def open_configured_store(tracking: DictConfig, launch_dir: str | Path) -> str:
+    """Open the store and experiment that a config's ``tracking`` node names (its ``uri``
+    resolved by :func:`tracking_uri`); returns the store's URI."""
+    uri = tracking_uri(tracking.uri, launch_dir)
+    open_store(uri, tracking.experiment)
+    return uri
 
 
 def error_sentences(err: Exception, limit: int = 300) -> str:

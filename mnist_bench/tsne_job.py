@@ -225,8 +225,7 @@ def embed_and_track(cfg: DictConfig) -> float:
     output_dir = Path(hc.runtime.output_dir)
     images, labels, indices = sample_mnist(cfg.data.root, cfg.subset, cfg.n_samples, cfg.seed,
                                            cfg.data.verify_md5)
-    tracking_store.open_store(tracking_store.tracking_uri(cfg.tracking.uri, hc.runtime.cwd),
-                              cfg.tracking.experiment)
+    tracking_store.open_configured_store(cfg.tracking, hc.runtime.cwd)
     x, tags = model_inputs(cfg, images)
     tags |= {"run_type": "tsne", "tsne": "true", "backend": cfg.tsne.backend,
              "hydra_output_dir": str(output_dir)}
