@@ -10,9 +10,11 @@ a config error; 10. ``scripts/library_floor.py`` of the working tree (in both co
 and MLflow alone cost a tracked run, in one process, before any of the project's own work.
 
 Each command runs in a fresh temporary launch folder per tree, with ``PYTHONPATH`` set to that
-tree's root (the package finds ``conf/`` next to itself), ``$MNIST_DATA_ROOT`` passed on and
-``$MLFLOW_TRACKING_URI`` removed. The baseline is a temporary ``git worktree`` of ``REV``.
-Trees alternate within each repeat so that drift affects both alike. Prints a Markdown table.
+tree's root (the package finds ``conf/`` next to itself; the floor script always runs with the
+working tree's), ``$MNIST_DATA_ROOT`` passed on and ``$MLFLOW_TRACKING_URI`` removed. The
+baseline is a temporary ``git worktree`` of ``REV``; a command it does not have yet is shown as
+such. Trees alternate within each repeat so that drift affects both alike. Prints a Markdown
+table.
 
     MNIST_DATA_ROOT=../shared/data python scripts/time_commands.py --baseline HEAD~1 --out t.md
 """
@@ -51,6 +53,18 @@ class Command:
 
     def argv(self) -> list[str]:
         return [str(REPO / self.script)] if self.script else ["-m", self.module, *self.args]
+
+    def package_root(self, tree: Tree) -> Path:
+        """The working tree's package for its own script (the same program in every column),
+        else the tree's."""
+        return REPO if self.script else tree.root
+
+    def exists_in(self, root: Path) -> bool:
+        """Whether ``root``'s tree has the command (an older baseline may lack a module)."""
+        if self.script:
+            return True  # the working tree's script runs for every tree
+        module = root.joinpath(*self.module.split("."))
+        return (module / "__main__.py").is_file() or module.with_suffix(".py").is_file()
 
 
 COMMANDS = (
@@ -96,16 +110,16 @@ def baseline_worktree(rev: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def run(tree: Tree, cwd: Path, args: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Wall time and output of ``python ARGS`` with ``tree``'s package first on the path."""
-    env = {**os.environ, "PYTHONPATH": str(tree.root)}
+def run(root: Path, cwd: Path, args: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Wall time and output of ``python ARGS`` with ``root``'s package first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
     return time.perf_counter() - start, proc
 
 
 def check_import(tree: Tree, cwd: Path) -> None:
-    _, proc = run(tree, cwd, ["-c", "import mnist_bench; print(mnist_bench.__file__)"])
+    _, proc = run(tree.root, cwd, ["-c", "import mnist_bench; print(mnist_bench.__file__)"])
     found = proc.stdout.strip()
     if proc.returncode != 0 or not Path(found).resolve().is_relative_to(tree.root.resolve()):
         got = found or (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -113,11 +127,12 @@ def check_import(tree: Tree, cwd: Path) -> None:
 
 
 def time_command(cmd: Command, trees: list[Tree], repeats: int, tmp: Path) -> None:
-    """A warm-up if asked, then ``repeats`` timed runs, the trees alternating."""
+    """A warm-up if asked, then ``repeats`` timed runs, the trees that have it alternating."""
+    trees = [tree for tree in trees if cmd.exists_in(tree.root)]
     launch = {tree.name: Path(tempfile.mkdtemp(dir=tmp)) for tree in trees}
     for i in range(0 if cmd.warm_up else 1, repeats + 1):
         for tree in trees:
-            seconds, proc = run(tree, launch[tree.name], cmd.argv())
+            seconds, proc = run(cmd.package_root(tree), launch[tree.name], cmd.argv())
             if (proc.returncode == 0) != cmd.expect_ok:
                 tail = "\n".join(proc.stderr.splitlines()[-15:])
                 raise SystemExit(f"{cmd.label} ({tree.name}) exited {proc.returncode}, expected "
@@ -149,11 +164,12 @@ def table(trees: list[Tree]) -> list[str]:
     cols += ["ratio (baseline/current)"] if len(trees) == 2 else []
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for cmd in COMMANDS:
-        times = [tree.times[cmd.label] for tree in trees]
+        times = [tree.times.get(cmd.label) for tree in trees]
         cells = [cmd.label, *(f"{statistics.median(t):.2f} ({min(t):.2f}–{max(t):.2f})"
-                              for t in times)]
+                              if t else "(no such command)" for t in times)]
         if len(trees) == 2:
-            cells.append(f"{statistics.median(times[0]) / statistics.median(times[1]):.2f}")
+            cells.append(f"{statistics.median(times[0]) / statistics.median(times[1]):.2f}"
+                         if all(times) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
